@@ -1,0 +1,101 @@
+"""Numerical derivatives: check any op's hand-written backward against central differences.
+
+For an op  out, cache = forward(**inputs)  and its  grads = backward(dout, cache), pick a random
+upstream gradient dout (never all ones: that hides transposed indices) and compare, entry by entry,
+
+    analytic[i]  =  backward(dout)[i]
+    numeric[i]   =  sum( (forward(input + h e_i) - forward(input - h e_i)) * dout ) / (2h)
+
+in float64. The relative error of an entry is |a - n| / max(|a|, |n|, atol): entries smaller than
+atol are judged on the absolute scale atol, so a true zero with rounding noise does not count as a
+100% error. The result keeps the whole error map of every input, so a lesson can draw it.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .backend import to_numpy, xp_of
+
+
+@dataclass
+class GradcheckResult:
+    """Per input name: the error map (NaN where an entry was not sampled), the numeric and the
+    analytic gradient; the largest error and where it occurs, as (name, index)."""
+    errors: dict = field(default_factory=dict)
+    numeric: dict = field(default_factory=dict)
+    analytic: dict = field(default_factory=dict)
+    max_error: float = 0.0
+    where: tuple = None
+
+    def __str__(self):
+        lines = [f"{'input':>12}  {'shape':>18}  {'checked':>7}  {'max rel. error':>14}  at"]
+        for name, err in self.errors.items():
+            checked = int(np.isfinite(err).sum())
+            worst = np.unravel_index(np.nanargmax(err), err.shape) if checked else ()
+            top = float(np.nanmax(err)) if checked else 0.0
+            lines.append(f"{name:>12}  {str(err.shape):>18}  {checked:>7}  {top:>14.3e}  {tuple(map(int, worst))}")
+        return "\n".join(lines)
+
+
+def relative_error(a, n, atol=1e-5):
+    """|a - n| / max(|a|, |n|, atol), elementwise."""
+    a, n = np.asarray(a, np.float64), np.asarray(n, np.float64)
+    return np.abs(a - n) / np.maximum(np.maximum(np.abs(a), np.abs(n)), atol)
+
+
+def numerical_gradient(forward, inputs, name, dout, indices, h=1e-5, **kwargs):
+    """Central differences of <forward(**inputs, **kwargs)[0], dout> w.r.t. inputs[name] at `indices`.
+
+    Returns a float64 NumPy array shaped like inputs[name], NaN outside `indices`.
+    The input is changed in place and put back after each entry.
+    """
+    x = inputs[name]
+    grad = np.full(x.shape, np.nan)
+    dout = np.asarray(to_numpy(dout), np.float64)
+    for idx in indices:
+        old = x[idx].item()
+        x[idx] = old + h
+        plus = np.asarray(to_numpy(forward(**inputs, **kwargs)[0]), np.float64)
+        x[idx] = old - h
+        minus = np.asarray(to_numpy(forward(**inputs, **kwargs)[0]), np.float64)
+        x[idx] = old
+        grad[idx] = np.sum((plus - minus) * dout) / (2 * h)   # difference first: less rounding noise
+    return grad
+
+
+def gradcheck(forward, backward, inputs, h=1e-5, num_samples=None, seed=0, atol=1e-5, **kwargs):
+    """Compare backward with central differences of forward, in float64, with a random dout.
+
+    forward(**inputs, **kwargs) -> (out, cache); backward(dout, cache) -> the gradient of every
+    entry of `inputs`, in the same order (a tuple, or one array for a single input). Entries of
+    `inputs` that are None are passed through and not checked; kwargs are passed as they are (use
+    them for strides, labels, seeds...). num_samples: check that many random entries per input
+    instead of all of them. Returns a GradcheckResult.
+    """
+    rng = np.random.default_rng(seed)
+    inputs = {k: (None if v is None else xp_of(v).asarray(v, dtype=np.float64).copy()) for k, v in inputs.items()}
+    out, cache = forward(**inputs, **kwargs)
+    out_shape = np.shape(to_numpy(out))
+    dout = rng.standard_normal(out_shape) if out_shape else np.float64(rng.standard_normal())
+    dout_dev = dout if np.isscalar(out) or not out_shape else xp_of(out).asarray(dout)
+    grads = backward(dout_dev, cache)
+    if not isinstance(grads, tuple):
+        grads = (grads,)
+    result = GradcheckResult()
+    for (name, x), g in zip(inputs.items(), grads):
+        if x is None:
+            continue
+        if g is None or tuple(g.shape) != tuple(x.shape):
+            raise ValueError(f"gradcheck: backward returned {None if g is None else g.shape} for {name!r}, "
+                             f"whose shape is {x.shape}")
+        flat = range(x.size) if num_samples is None or num_samples >= x.size else \
+            rng.choice(x.size, num_samples, replace=False)
+        indices = [np.unravel_index(int(i), x.shape) for i in flat]
+        numeric = numerical_gradient(forward, inputs, name, dout_dev, indices, h, **kwargs)
+        analytic = np.asarray(to_numpy(g), np.float64)
+        err = np.where(np.isnan(numeric), np.nan, relative_error(analytic, np.nan_to_num(numeric), atol))
+        result.errors[name], result.numeric[name], result.analytic[name] = err, numeric, analytic
+        if indices and np.nanmax(err) >= result.max_error:
+            worst = np.unravel_index(np.nanargmax(err), err.shape)
+            result.max_error, result.where = float(err[worst]), (name, tuple(int(i) for i in worst))
+    return result

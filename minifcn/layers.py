@@ -1,0 +1,195 @@
+"""Thin stateful wrappers around the functional ops.
+
+A layer holds what an op needs between its forward and backward passes: its parameters and their
+gradients (dicts keyed "<layer>.W" / "<layer>.b", the names a model and its weight files use) and
+the cache. forward(x, train=True) keeps the cache for backward; forward(x, train=False) keeps
+nothing, so inference holds no activations. backward(dout) fills self.grads (overwriting, not
+adding: every layer of an FCN is used once per pass) and returns the gradient for the layer below.
+"""
+import numpy as np
+
+from . import ops
+from .backend import to_device, xp_of
+
+
+class Layer:
+    def __init__(self, name):
+        self.name = name
+        self.params = {}      # "<name>.W" -> array
+        self.grads = {}       # same keys, filled by backward
+        self.frozen = set()   # keys the optimiser must leave alone (e.g. fixed bilinear upsampling)
+        self.cache = None
+
+    def forward(self, x, train=False):
+        raise NotImplementedError
+
+    def backward(self, dout):
+        raise NotImplementedError
+
+    def to(self, device):
+        """Move parameters and gradients to 'cpu' or 'gpu' (in place; returns self)."""
+        self.params = to_device(self.params, device)
+        self.grads = to_device(self.grads, device)
+        self.cache = None
+        return self
+
+    def _keep(self, cache, train):
+        self.cache = cache if train else None
+
+    def _cached(self):
+        if self.cache is None:
+            raise RuntimeError(f"{self.name}: backward needs the cache of forward(x, train=True); "
+                               "call forward with train=True first (inference keeps no cache)")
+        return self.cache
+
+    @property
+    def W(self):
+        return self.params.get(f"{self.name}.W")
+
+    @property
+    def b(self):
+        return self.params.get(f"{self.name}.b")
+
+    def __repr__(self):
+        shapes = ", ".join(f"{k.split('.')[-1]}={tuple(v.shape)}" for k, v in self.params.items())
+        return f"{type(self).__name__}({self.name!r}{', ' if shapes else ''}{shapes})"
+
+
+class Conv2d(Layer):
+    """Convolution with W (F, C, KH, KW) and b (F,).
+
+    init: "he" (normal, std sqrt(2 / (C*KH*KW)), for layers followed by ReLU), "zeros" (the
+    reference's score layers), or "gaussian:<std>"; the bias starts at zero.
+    """
+
+    def __init__(self, name, in_channels, out_channels, kernel, stride=1, pad=0, init="he", bias=True, rng=None,
+                 dtype=np.float32):
+        super().__init__(name)
+        self.stride, self.pad = stride, pad
+        kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+        shape = (out_channels, in_channels, kh, kw)
+        self.params[f"{name}.W"] = _init_weight(init, shape, in_channels * kh * kw, rng, dtype)
+        if bias:
+            self.params[f"{name}.b"] = np.zeros(out_channels, dtype)
+
+    def forward(self, x, train=False):
+        out, cache = ops.conv2d_forward(x, self.W, self.b, self.stride, self.pad)
+        self._keep(cache, train)
+        return out
+
+    def backward(self, dout):
+        dx, dW, db = ops.conv2d_backward(dout, self._cached())
+        self.grads[f"{self.name}.W"] = dW
+        if db is not None:
+            self.grads[f"{self.name}.b"] = db
+        return dx
+
+
+class ConvTranspose2d(Layer):
+    """Transposed convolution with W (C_in, C_out, KH, KW) (Caffe's Deconvolution), bias optional.
+
+    init="bilinear" puts the bilinear kernel on the channel diagonal (C_in must equal C_out); as in
+    the reference the weight is then fixed (frozen) unless learnable=True.
+    """
+
+    def __init__(self, name, in_channels, out_channels, kernel, stride=1, pad=0, init="bilinear", bias=False,
+                 learnable=False, rng=None, dtype=np.float32):
+        super().__init__(name)
+        self.stride, self.pad = stride, pad
+        if init == "bilinear":
+            if in_channels != out_channels:
+                raise ValueError(f"{name}: bilinear init needs in_channels == out_channels, "
+                                 f"got {in_channels} and {out_channels}")
+            W = ops.bilinear_weight(in_channels, kernel, dtype)
+        else:
+            W = _init_weight(init, (in_channels, out_channels, kernel, kernel), in_channels * kernel * kernel, rng, dtype)
+        self.params[f"{name}.W"] = W
+        if bias:
+            self.params[f"{name}.b"] = np.zeros(out_channels, dtype)
+        if not learnable:
+            self.frozen = set(self.params)
+
+    def forward(self, x, train=False):
+        out, cache = ops.conv_transpose2d_forward(x, self.W, self.b, self.stride, self.pad)
+        self._keep(cache, train)
+        return out
+
+    def backward(self, dout):
+        dx, dW, db = ops.conv_transpose2d_backward(dout, self._cached())
+        self.grads[f"{self.name}.W"] = dW
+        if db is not None:
+            self.grads[f"{self.name}.b"] = db
+        return dx
+
+
+class MaxPool2d(Layer):
+    """Max pooling with Caffe's ceil rounding (default 2x2, stride 2)."""
+
+    def __init__(self, name, kernel=2, stride=2, pad=0):
+        super().__init__(name)
+        self.kernel, self.stride, self.pad = kernel, stride, pad
+
+    def forward(self, x, train=False):
+        out, cache = ops.max_pool2d_forward(x, self.kernel, self.stride, self.pad)
+        self._keep(cache, train)
+        return out
+
+    def backward(self, dout):
+        return ops.max_pool2d_backward(dout, self._cached())
+
+
+class ReLU(Layer):
+    def forward(self, x, train=False):
+        out, mask = ops.relu_forward(x)
+        self._keep(mask, train)
+        return out
+
+    def backward(self, dout):
+        return ops.relu_backward(dout, self._cached())
+
+
+class Dropout(Layer):
+    """Inverted dropout, active only in training; `seed` fixes the sequence of masks."""
+
+    def __init__(self, name, p=0.5, seed=None):
+        super().__init__(name)
+        self.p, self.seed, self.rng = p, seed, None
+
+    def to(self, device):
+        self.rng = None   # a generator belongs to one array module: a new one is made on first use
+        return super().to(device)
+
+    def forward(self, x, train=False):
+        if train and self.rng is None:
+            self.rng = xp_of(x).random.default_rng(self.seed)
+        out, mask = ops.dropout_forward(x, self.p, train, self.rng)
+        self._keep(("mask", mask), train)   # wrapped: the mask itself is None when p == 0
+        return out
+
+    def backward(self, dout):
+        return ops.dropout_backward(dout, self._cached()[1])
+
+
+class Scale(Layer):
+    """Multiply by a fixed factor (FCN-8s at-once: pool4 x 0.01, pool3 x 0.0001)."""
+
+    def __init__(self, name, factor):
+        super().__init__(name)
+        self.factor = factor
+
+    def forward(self, x, train=False):
+        return ops.scale_forward(x, self.factor)[0]
+
+    def backward(self, dout):
+        return ops.scale_backward(dout, self.factor)
+
+
+def _init_weight(init, shape, fan_in, rng, dtype):
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    if init == "zeros":
+        return np.zeros(shape, dtype)
+    if init == "he":
+        return (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(dtype)
+    if isinstance(init, str) and init.startswith("gaussian:"):
+        return (rng.standard_normal(shape) * float(init.split(":", 1)[1])).astype(dtype)
+    raise ValueError(f"unknown init {init!r}: use 'he', 'zeros', 'gaussian:<std>' (or 'bilinear' for ConvTranspose2d)")

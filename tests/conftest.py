@@ -1,0 +1,30 @@
+"""Shared test set-up: hypothesis profiles and the `xp` fixture (NumPy always, CuPy when a GPU is there)."""
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+from minifcn.backend import gpu_available
+
+# CI: derandomised and without deadlines, so a red run is a real fault, never a slow machine.
+settings.register_profile("ci", derandomize=True, deadline=None, max_examples=40,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", deadline=None, max_examples=40)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+
+@pytest.fixture(params=["numpy", pytest.param("cupy", marks=pytest.mark.gpu)])
+def xp(request):
+    """The array module under test; the CuPy case skips where there is no CuPy or no CUDA device."""
+    if request.param == "numpy":
+        return np
+    if not gpu_available():
+        pytest.skip("CuPy or a CUDA device is not available")
+    import cupy
+    return cupy
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
