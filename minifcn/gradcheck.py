@@ -55,9 +55,9 @@ def numerical_gradient(forward, inputs, name, dout, indices, h=1e-5, **kwargs):
     for idx in indices:
         old = x[idx].item()
         x[idx] = old + h
-        plus = np.asarray(to_numpy(forward(**inputs, **kwargs)[0]), np.float64)
+        plus = np.array(to_numpy(forward(**inputs, **kwargs)[0]), np.float64)   # a copy: out may be a view of x
         x[idx] = old - h
-        minus = np.asarray(to_numpy(forward(**inputs, **kwargs)[0]), np.float64)
+        minus = np.array(to_numpy(forward(**inputs, **kwargs)[0]), np.float64)
         x[idx] = old
         grad[idx] = np.sum((plus - minus) * dout) / (2 * h)   # difference first: less rounding noise
     return grad
@@ -99,3 +99,40 @@ def gradcheck(forward, backward, inputs, h=1e-5, num_samples=None, seed=0, atol=
             worst = np.unravel_index(np.nanargmax(err), err.shape)
             result.max_error, result.where = float(err[worst]), (name, tuple(int(i) for i in worst))
     return result
+
+
+def check_all_ops(seed=0):
+    """Gradient-check every op of minifcn.ops on small float64 inputs; returns {op name: GradcheckResult}."""
+    from . import ops
+    rng = np.random.default_rng(seed)
+    normal = rng.standard_normal
+    distinct = rng.permutation(2 * 3 * 7 * 6).reshape(2, 3, 7, 6) * 0.1      # no ties for max pooling
+    x = normal((2, 3, 5, 4))
+    off_zero = np.where(np.abs(x) < 1e-2, 0.5, x)                              # no ReLU kink within h
+    labels = rng.integers(0, 4, (2, 3, 5))
+    labels[0, 0, :2] = 255
+    checks = {
+        "conv2d": (ops.conv2d_forward, ops.conv2d_backward,
+                   dict(x=normal((2, 3, 7, 6)), W=normal((4, 3, 3, 3)), b=normal(4)), dict(stride=2, pad=1)),
+        "conv_transpose2d": (ops.conv_transpose2d_forward, ops.conv_transpose2d_backward,
+                             dict(x=normal((2, 3, 4, 5)), W=normal((3, 2, 4, 4)), b=normal(2)), dict(stride=2, pad=1)),
+        "max_pool2d": (ops.max_pool2d_forward, ops.max_pool2d_backward, dict(x=distinct), dict(kernel=3, stride=2, pad=1)),
+        "relu": (ops.relu_forward, ops.relu_backward, dict(x=off_zero), {}),
+        "dropout": (ops.dropout_forward, ops.dropout_backward, dict(x=normal((2, 3, 4, 5))), dict(p=0.5, rng=1)),
+        "crop": (ops.crop_forward, ops.crop_backward, dict(x=normal((1, 2, 7, 8))), dict(offset=(1, 2), size=(4, 5))),
+        "add": (ops.add_forward, ops.add_backward, dict(a=normal((1, 2, 3, 4)), b=normal((1, 2, 3, 4))), {}),
+        "scale": (ops.scale_forward, ops.scale_backward, dict(x=normal((1, 2, 3, 4))), dict(factor=0.01)),
+        "softmax_cross_entropy": (ops.softmax_cross_entropy, lambda dout, dscores: dscores * dout,
+                                  dict(scores=normal((2, 4, 3, 5))), dict(labels=labels, reduction="mean")),
+    }
+    return {name: gradcheck(f, b, inputs, **kw) for name, (f, b, inputs, kw) in checks.items()}
+
+
+if __name__ == "__main__":   # python -m minifcn.gradcheck: every op's backward against numerical derivatives
+    results = check_all_ops()
+    print(f"{'op':>22}  {'max rel. error':>14}  worst entry")
+    for name, res in results.items():
+        print(f"{name:>22}  {res.max_error:>14.2e}  {res.where}")
+    worst = max(res.max_error for res in results.values())
+    print(f"\nall {len(results)} ops agree with central differences to {worst:.1e} (float64)")
+    raise SystemExit(0 if worst <= 1e-6 else 1)

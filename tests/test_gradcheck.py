@@ -1,0 +1,43 @@
+"""The gradient checker itself: it must catch wrong backwards, not just bless right ones."""
+import numpy as np
+import pytest
+
+from minifcn.gradcheck import check_all_ops, gradcheck, relative_error
+from minifcn.ops import conv2d_backward, conv2d_forward
+
+
+def test_every_op_passes():
+    for name, res in check_all_ops().items():
+        assert res.max_error <= 1e-6, f"{name}\n{res}"
+
+
+def test_a_transposed_weight_gradient_is_caught(rng):
+    """The bug a ones-upstream-gradient can hide: dW transposed in its spatial axes."""
+    def buggy_backward(dout, cache):
+        dx, dW, db = conv2d_backward(dout, cache)
+        return dx, dW.transpose(0, 1, 3, 2), db
+    inputs = dict(x=rng.standard_normal((1, 2, 5, 5)), W=rng.standard_normal((3, 2, 3, 3)), b=rng.standard_normal(3))
+    res = gradcheck(conv2d_forward, buggy_backward, inputs, pad=1)
+    assert res.max_error > 1e-2 and res.where[0] == "W"
+    assert np.nanmax(res.errors["x"]) <= 1e-6          # the error map points at the broken input only
+
+
+def test_a_missing_bias_sum_over_the_batch_is_caught(rng):
+    def buggy_backward(dout, cache):
+        dx, dW, db = conv2d_backward(dout, cache)
+        return dx, dW, dout[0].sum(axis=(1, 2))         # forgets the second image
+    inputs = dict(x=rng.standard_normal((2, 2, 4, 4)), W=rng.standard_normal((3, 2, 3, 3)), b=rng.standard_normal(3))
+    assert gradcheck(conv2d_forward, buggy_backward, inputs).where[0] == "b"
+
+
+def test_sampling_checks_only_some_entries_and_keeps_the_map_shape(rng):
+    inputs = dict(x=rng.standard_normal((2, 3, 6, 6)), W=rng.standard_normal((2, 3, 3, 3)), b=None)
+    res = gradcheck(conv2d_forward, conv2d_backward, inputs, num_samples=10, pad=1)
+    assert res.errors["x"].shape == (2, 3, 6, 6) and np.isfinite(res.errors["x"]).sum() == 10
+    assert "b" not in res.errors and res.max_error <= 1e-6
+    assert "max rel. error" in str(res)
+
+
+def test_relative_error_treats_tiny_entries_on_the_absolute_scale():
+    assert relative_error(1.0, 1.001) == pytest.approx(0.001 / 1.001)
+    assert relative_error(0.0, 1e-12, atol=1e-5) == pytest.approx(1e-7)
