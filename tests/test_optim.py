@@ -1,0 +1,53 @@
+"""SGD as in Caffe: momentum, weight decay on weights only, biases at twice the rate, frozen untouched."""
+import numpy as np
+import pytest
+
+from minifcn.optim import SGD, learning_rate
+
+
+def test_two_steps_by_hand():
+    params = {"fc6.W": np.array([1.0, -2.0]), "fc6.b": np.array([0.5]), "upscore.W": np.array([3.0])}
+    opt = SGD(params, lr=0.1, momentum=0.9, weight_decay=0.01, frozen={"upscore.W"})
+    g = {"fc6.W": np.array([0.2, 0.4]), "fc6.b": np.array([1.0])}
+    opt.step(g)
+    v_w = 0.1 * (np.array([0.2, 0.4]) + 0.01 * np.array([1.0, -2.0]))
+    np.testing.assert_allclose(params["fc6.W"], [1.0, -2.0] - v_w)
+    np.testing.assert_allclose(params["fc6.b"], [0.5 - 2 * 0.1 * 1.0])          # lr x2, no decay
+    w1 = params["fc6.W"].copy()
+    opt.step(g)
+    v_w2 = 0.9 * v_w + 0.1 * (np.array([0.2, 0.4]) + 0.01 * w1)
+    np.testing.assert_allclose(params["fc6.W"], w1 - v_w2)
+    assert params["upscore.W"][0] == 3.0
+
+
+def test_state_round_trip_continues_identically(rng):
+    def run(steps, resume_at=None):
+        params = {"a.W": np.ones(3), "a.b": np.zeros(3)}
+        opt = SGD(params, lr=0.05)
+        grads = [{"a.W": rng_i.standard_normal(3), "a.b": rng_i.standard_normal(3)}
+                 for rng_i in (np.random.default_rng(i) for i in range(steps))]
+        for i, g in enumerate(grads):
+            if i == resume_at:
+                state = {k: v.copy() for k, v in params.items()}, opt.state_dict()
+                params = {k: v.copy() for k, v in state[0].items()}
+                opt = SGD(params, lr=0.05)
+                opt.load_state_dict(state[1])
+            opt.step(g)
+        return params
+    a, b = run(5), run(5, resume_at=3)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_missing_gradient_is_a_clear_error():
+    opt = SGD({"a.W": np.ones(2)}, lr=0.1)
+    with pytest.raises(KeyError, match=r"no gradient for 'a.W'"):
+        opt.step({})
+
+
+def test_schedules():
+    assert learning_rate(0.1, 50, "fixed") == 0.1
+    assert learning_rate(0.1, 50, "poly", max_iter=100, power=1.0) == pytest.approx(0.05)
+    assert learning_rate(0.1, 25, "step", step=10, gamma=0.5) == pytest.approx(0.025)
+    with pytest.raises(ValueError, match=r"unknown learning-rate policy"):
+        learning_rate(0.1, 1, "cosine")
