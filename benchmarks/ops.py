@@ -1,0 +1,144 @@
+"""Each op alone, minifcn against PyTorch, forward and forward+backward, in one run on one machine.
+
+    python benchmarks/ops.py [--device cpu|gpu] [--repeat 3] [--append]
+
+Prints a table of the best of `repeat` timings and the ratio minifcn / PyTorch; --append adds it to
+benchmarks/RESULTS.md with the date, the device and the command. Shapes are those of FCN-8s VGG16
+on a 500x500 image (conv1_1 pads by 100, so the first block sees 698x698).
+"""
+import argparse
+import datetime
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from minifcn import ops  # noqa: E402
+from minifcn.backend import get_xp  # noqa: E402
+
+CASES = [  # name, kind, x shape, W shape, stride, pad
+    ("conv3x3 64->64 @349", "conv", (1, 64, 349, 349), (64, 64, 3, 3), 1, 1),
+    ("conv3x3 128->128 @175", "conv", (1, 128, 175, 175), (128, 128, 3, 3), 1, 1),
+    ("conv3x3 256->256 @88", "conv", (1, 256, 88, 88), (256, 256, 3, 3), 1, 1),
+    ("conv3x3 512->512 @44", "conv", (1, 512, 44, 44), (512, 512, 3, 3), 1, 1),
+    ("fc6 7x7 512->4096 @22", "conv", (1, 512, 22, 22), (4096, 512, 7, 7), 1, 0),
+    ("fc7 1x1 4096->4096 @16", "conv", (1, 4096, 16, 16), (4096, 4096, 1, 1), 1, 0),
+    ("upscore k64/s32 21ch @16", "deconv", (1, 21, 16, 16), (21, 21, 64, 64), 32, 0),
+    ("upscore8 k16/s8 21ch @70", "deconv", (1, 21, 70, 70), (21, 21, 16, 16), 8, 0),
+    ("pool 2x2 64ch @698", "pool", (1, 64, 698, 698), None, 2, 0),
+    ("loss 21 classes @500", "loss", (1, 21, 500, 500), None, None, None),
+]
+
+
+def best_of(fn, repeat, sync=lambda: None):
+    fn()
+    sync()          # warm-up
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def minifcn_fns(kind, x, W, stride, pad, labels):
+    if kind == "conv":
+        fwd = lambda: ops.conv2d_forward(x, W, None, stride, pad)          # noqa: E731
+        bwd = ops.conv2d_backward
+    elif kind == "deconv":
+        fwd = lambda: ops.conv_transpose2d_forward(x, W, None, stride, pad)  # noqa: E731
+        bwd = ops.conv_transpose2d_backward
+    elif kind == "pool":
+        fwd = lambda: ops.max_pool2d_forward(x, 2, 2)                       # noqa: E731
+        bwd = ops.max_pool2d_backward
+    else:
+        fwd = lambda: ops.softmax_cross_entropy(x, labels, reduction="mean")  # noqa: E731
+        return fwd, fwd
+
+    def both():
+        out, cache = fwd()
+        bwd(out, cache)   # out stands in for dout: same shape, values do not matter for time
+    return fwd, both
+
+
+def torch_fns(torch, kind, x, W, stride, pad, labels):
+    F = torch.nn.functional
+    tx = torch.tensor(np.asarray(x)).requires_grad_()
+    tW = None if W is None else torch.tensor(np.asarray(W)).requires_grad_()
+    tl = None if labels is None else torch.tensor(np.asarray(labels))
+    call = {"conv": lambda: F.conv2d(tx, tW, None, stride, pad),
+            "deconv": lambda: F.conv_transpose2d(tx, tW, None, stride, pad),
+            "pool": lambda: F.max_pool2d(tx, 2, 2, ceil_mode=True),
+            "loss": lambda: F.cross_entropy(tx, tl, ignore_index=255)}[kind]
+
+    def fwd():
+        with torch.no_grad():
+            call()
+
+    def both():
+        out = call()
+        out.backward(out.detach() if out.dim() else None)
+    return fwd, both
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--append", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    args = p.parse_args()
+    xp = get_xp(args.device)
+    try:
+        import torch
+        torch.set_num_threads(torch.get_num_threads())
+    except ImportError:
+        torch = None
+    if args.device == "gpu" and torch is not None and not torch.cuda.is_available():
+        torch = None
+    sync = (lambda: xp.cuda.Device().synchronize()) if args.device == "gpu" else (lambda: None)
+    rng = np.random.default_rng(0)
+    rows = []
+    for name, kind, x_shape, W_shape, stride, pad in CASES:
+        x = xp.asarray(rng.standard_normal(x_shape, dtype=np.float32))
+        W = None if W_shape is None else xp.asarray(rng.standard_normal(W_shape, dtype=np.float32) * 0.01)
+        labels = xp.asarray(rng.integers(0, 21, (x_shape[0],) + x_shape[2:])) if kind == "loss" else None
+        mf, mb = minifcn_fns(kind, x, W, stride, pad, labels)
+        row = [name, best_of(mf, args.repeat, sync), best_of(mb, args.repeat, sync)]
+        if torch is not None and args.device == "cpu":
+            tf, tb = torch_fns(torch, kind, x, W, stride, pad, labels)
+            row += [best_of(tf, args.repeat), best_of(tb, args.repeat)]
+        rows.append(row)
+        print(_fmt(row), flush=True)
+    table = _table(rows)
+    print("\n" + table)
+    if args.append:
+        header = (f"\n## ops, {datetime.date.today()}, {args.device} ({platform.processor() or platform.machine()}, "
+                  f"numpy {np.__version__}{', torch ' + torch.__version__ if torch else ''})\n\n"
+                  f"`python benchmarks/ops.py --device {args.device} --repeat {args.repeat} --append`\n\n")
+        with open(Path(__file__).with_name("RESULTS.md"), "a") as f:
+            f.write(header + table + "\n")
+
+
+def _fmt(row):
+    name, mf, mb, *t = row
+    s = f"{name:<28} fwd {mf * 1e3:8.1f} ms  fwd+bwd {mb * 1e3:8.1f} ms"
+    if t:
+        s += f"   torch {t[0] * 1e3:8.1f} / {t[1] * 1e3:8.1f} ms   ratio {mf / t[0]:5.2f} / {mb / t[1]:5.2f}"
+    return s
+
+
+def _table(rows):
+    lines = ["| op | minifcn fwd ms | torch fwd ms | ratio | minifcn fwd+bwd ms | torch fwd+bwd ms | ratio |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, mf, mb, *t in rows:
+        tf, tb = t if t else (float("nan"), float("nan"))
+        lines.append(f"| {name} | {mf * 1e3:.1f} | {tf * 1e3:.1f} | {mf / tf:.2f} | {mb * 1e3:.1f} | {tb * 1e3:.1f} | {mb / tb:.2f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
