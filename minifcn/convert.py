@@ -1,0 +1,47 @@
+"""Convert VGG16 (or trained FCN) weights to a minifcn .npz.
+
+    python -m minifcn.convert SRC DST.npz [--format auto|torchvision|caffe|keras]
+
+SRC: torchvision's vgg16-397923af.pth (or any torch.save'd VGG16 state dict), Caffe's
+VGG_ILSVRC_16_layers.caffemodel / vgg16-fcn.caffemodel / fcn{32,16,8}s-*.caffemodel, or Keras'
+vgg16_weights_tf_dim_ordering_tf_kernels.h5 (needs h5py). The format is told from the file's first
+bytes unless --format says it. DST gets the weights (fc6 / fc7 as convolutions) and the preprocessing
+the source expects; it is written to a temporary file first, so a failure never leaves half a DST.
+Nothing in SRC is ever run: see minifcn/weights/.
+"""
+import argparse
+import os
+import sys
+import time
+
+from .weights import FORMATS, read_weights, save_npz
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m minifcn.convert", description=__doc__.split("\n\n")[0])
+    parser.add_argument("src", help="the weight file to read (.pth, .caffemodel or .h5)")
+    parser.add_argument("dst", help="the minifcn .npz to write")
+    parser.add_argument("--format", default="auto", choices=("auto",) + FORMATS,
+                        help="the source format (default: told from the file)")
+    args = parser.parse_args(argv)
+    if os.path.exists(args.dst) and os.path.exists(args.src) and os.path.samefile(args.src, args.dst):
+        parser.error("SRC and DST are the same file")
+    start = time.perf_counter()
+    try:
+        params, meta = read_weights(args.src, args.format)
+        save_npz(args.dst, params, meta)
+    except (ValueError, OSError, RuntimeError) as e:
+        print(f"convert: {e}", file=sys.stderr)
+        return 1
+    count = sum(v.size for v in params.values())
+    pre = meta["preprocessing"]
+    print(f"{args.src} ({meta['source']}, {meta['arch']}) -> {args.dst}: {len(params)} arrays, "
+          f"{count / 1e6:.1f} M parameters, {time.perf_counter() - start:.1f} s")
+    print(f"  fc6.W {tuple(params['fc6.W'].shape)}, fc7.W {tuple(params['fc7.W'].shape)}"
+          + (f", fc8.W {tuple(params['fc8.W'].shape)}" if "fc8.W" in params else ""))
+    print(f"  preprocessing: {pre['channel_order']}, input 0-{pre['scale']:g}, mean {pre['mean']}, std {pre['std']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

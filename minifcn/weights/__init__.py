@@ -1,0 +1,123 @@
+"""Weight files in (torchvision .pth, Caffe .caffemodel, Keras .h5) and out (minifcn .npz).
+
+    params, meta = read_vgg16("vgg16-397923af.pth")      # format told by the file's first bytes
+    save_npz("vgg16.npz", params, meta)                  # atomic: a temporary file, then a rename
+    params, meta = load_npz("vgg16.npz")
+
+Each reader is a file of its own, needs neither the framework that wrote the file nor its code, and
+never runs anything from the file: torchvision.py (a restricted unpickler), caffe.py (a hand-written
+protobuf reader), keras.py (h5py, an optional extra). vgg16.py holds what they deliver: keys
+"conv1_1.W" ... "fc8.b", OIHW float32, fc6 / fc7 / fc8 as convolutions (and why that is exact).
+
+A minifcn .npz holds those arrays plus META_KEY, a 0-d string array with JSON:
+    {"format": "minifcn-weights", "arch": "vgg16", "source": "caffe", "source_file": "....caffemodel",
+     "preprocessing": {"channel_order": "BGR", "scale": 255.0, "mean": [...], "std": null}}
+Trained FCN caffemodels add "num_classes", "backbone" and "width", and "arch" names the FCN.
+"""
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from . import caffe, keras, torchvision
+from .vgg16 import FORMAT, LAYERS, PREPROCESSING, convolutionalize, imagenet_forward
+
+FORMATS = ("torchvision", "caffe", "keras")
+META_KEY = "__meta__"          # what minifcn.models reads; load_npz also accepts "meta"
+
+__all__ = ["FORMATS", "META_KEY", "LAYERS", "PREPROCESSING", "convolutionalize", "detect_format", "imagenet_forward",
+           "load_npz", "read_vgg16", "read_weights", "save_npz"]
+
+
+def detect_format(path):
+    """'torchvision', 'caffe' or 'keras', from the first bytes (zip or pickle: torch; HDF5: Keras);
+    protobuf has no signature, so anything else is taken for a caffemodel unless its suffix says otherwise."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return "keras"
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                if z.namelist() and all(n.endswith(".npy") for n in z.namelist()):
+                    raise ValueError(f"{str(path)!r} is already a NumPy .npz; load it with load_npz")
+        except zipfile.BadZipFile:
+            pass                                      # the torch reader explains what is wrong
+        return "torchvision"
+    if head[:1] == b"\x80":
+        return "torchvision"
+    suffix = os.path.splitext(str(path))[1].lower()
+    return {".pth": "torchvision", ".pt": "torchvision", ".h5": "keras", ".hdf5": "keras"}.get(suffix, "caffe")
+
+
+def read_weights(path, format="auto"):
+    """A weight file -> (params, meta). VGG16 from any of the three formats; a trained FCN from Caffe.
+
+    params {"conv1_1.W": (64, 3, 3, 3) float32, ..., "fc6.W": (4096, 512, 7, 7), ...}; meta as the
+    module docstring says, with the preprocessing the source's weights expect.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weight file {path!r} does not exist")
+    if format not in ("auto",) + FORMATS:
+        raise ValueError(f"format must be 'auto' or one of {FORMATS}, got {format!r}")
+    source = detect_format(path) if format == "auto" else format
+    if source == "caffe":
+        params, arch = caffe.read_net(path)
+    else:
+        params, arch = (torchvision if source == "torchvision" else keras).read_vgg16(path), {"arch": "vgg16"}
+    meta = {"format": FORMAT, **arch, "source": source, "source_file": os.path.basename(path),
+            "preprocessing": dict(PREPROCESSING[source])}
+    return params, meta
+
+
+def read_vgg16(path, format="auto"):
+    """Like read_weights, for VGG16 only (a trained FCN caffemodel is refused)."""
+    params, meta = read_weights(path, format)
+    if meta["arch"] != "vgg16":
+        raise ValueError(f"{os.fspath(path)!r} holds a trained {meta['arch']}, not VGG16; use read_weights")
+    return params, meta
+
+
+def save_npz(path, params, meta):
+    """Write params and meta to one .npz, atomically: a temporary file in the same folder, then os.replace.
+
+    A failure (disk full, a bad array) leaves nothing at `path`, and an older file there untouched.
+    Arrays are streamed into the archive (NumPy writes 16 MB at a time): no extra copy. Returns path.
+    """
+    path = os.fspath(path)
+    bad = [k for k, v in params.items() if not isinstance(k, str) or k == META_KEY or not hasattr(v, "dtype")]
+    if bad:
+        raise ValueError(f"save_npz {path!r}: parameter keys must be strings (not {META_KEY!r}) "
+                         f"holding arrays; bad: {bad[:5]}")
+    fd, tmp = tempfile.mkstemp(prefix=".minifcn-", suffix=".npz.tmp", dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **{META_KEY: np.array(json.dumps(meta))}, **params)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_npz(path):
+    """A minifcn .npz -> (params {key: array}, meta dict; {} when the file has none)."""
+    path = os.fspath(path)
+    try:
+        f = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path!r} is not a readable .npz ({e}); convert weight files first with "
+                         "python -m minifcn.convert") from e
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path!r} holds a single array, not an .npz of named parameters")
+    with f:
+        params = {k: f[k] for k in f.files}
+    raw = params.pop(META_KEY, None)
+    raw = params.pop("meta", None) if raw is None else raw
+    return params, ({} if raw is None else json.loads(str(raw)))

@@ -1,0 +1,310 @@
+"""Read PyTorch / torchvision .pth state dicts without torch, and without running code from the file.
+
+torch.save writes a pickle, and a pickle may call any importable function (os.system is the classic
+example). So the unpickler below resolves only the few names a state dict needs, each to a stand-in
+of our own, and refuses every other global, by name, before anything is called.
+
+Two layouts:
+  zip (torch >= 1.6)   "<archive>/data.pkl"     the pickle of the state dict
+                       "<archive>/data/<key>"   each storage's raw bytes (little-endian unless
+                                                "<archive>/byteorder" says "big"), stored uncompressed
+  legacy (older, e.g. torchvision's vgg16-397923af.pth): pickles one after another in one file:
+                       magic number, protocol version 1001, system info (endianness),
+                       the state dict, the list of storage keys, then per key an int64 element count
+                       followed by the raw bytes.
+Inside the state dict's pickle a tensor is the call
+    torch._utils._rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks[, metadata])
+and its storage a persistent id ('storage', torch.FloatStorage, key, location, numel[, view]).
+The unpickler turns these into small records (_Storage, _Tensor); once the storages' bytes are read,
+every record becomes a NumPy array (a view of the storage when the tensor is contiguous: no copy).
+"""
+import collections
+import io
+import math
+import pickle
+import zipfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from .vgg16 import BLOCKS, finish
+
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+LEGACY_PROTOCOL = 1001
+CHUNK = 16 << 20                       # bytes read at a time: big storages are read without a second copy
+
+STORAGE_DTYPES = {"FloatStorage": "<f4", "DoubleStorage": "<f8", "HalfStorage": "<f2", "BFloat16Storage": "<u2",
+                  "LongStorage": "<i8", "IntStorage": "<i4", "ShortStorage": "<i2", "CharStorage": "i1",
+                  "ByteStorage": "u1", "BoolStorage": "?"}
+
+
+# ----------------------------------------------------------------------------- the restricted unpickler
+
+@dataclass(frozen=True)
+class _StorageType:
+    """Stand-in for torch.FloatStorage & co: only says which dtype the bytes hold."""
+    name: str
+
+    @property
+    def dtype(self):
+        return np.dtype(STORAGE_DTYPES[self.name])
+
+
+@dataclass
+class _Storage:
+    """One storage of the file: its key, dtype and element count; `array` once its bytes are read."""
+    key: str
+    type: _StorageType
+    numel: int
+    array: np.ndarray = None
+
+
+@dataclass
+class _Tensor:
+    """A tensor to rebuild: `numel` elements of `storage` from `start` (legacy views), then size/stride."""
+    storage: _Storage
+    start: int
+    numel: int
+    offset: int = 0
+    size: tuple = ()
+    stride: tuple = ()
+
+
+def _rebuild_tensor(storage, offset, size, stride, *unused):
+    """Stand-in for torch._utils._rebuild_tensor(_v2): requires_grad, hooks and metadata are dropped."""
+    if not isinstance(storage, _Tensor):
+        raise pickle.UnpicklingError(f"a tensor was rebuilt from {type(storage).__name__}, not from a storage")
+    return _Tensor(storage.storage, storage.start, storage.numel, offset, size, stride)
+
+
+def _rebuild_parameter(data, *unused):
+    """Stand-in for torch._utils._rebuild_parameter: a Parameter is its data."""
+    return data
+
+
+SAFE_GLOBALS = {("collections", "OrderedDict"): collections.OrderedDict,
+                ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+                ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+                ("torch._utils", "_rebuild_parameter"): _rebuild_parameter}
+SAFE_GLOBALS.update({("torch", name): _StorageType(name) for name in STORAGE_DTYPES})
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles a torch state dict: SAFE_GLOBALS only, storages as _Storage records in self.storages."""
+
+    def __init__(self, file, where):
+        super().__init__(file)
+        self.where, self.storages = where, {}
+
+    def find_class(self, module, name):
+        if (module, name) in SAFE_GLOBALS:
+            return SAFE_GLOBALS[(module, name)]
+        raise pickle.UnpicklingError(
+            f"{self.where}: the pickle asks for the global {module}.{name}, which a state dict of tensors "
+            "never needs; refused (nothing from the file was run). Load it with torch only if you trust it, "
+            "and save model.state_dict() instead.")
+
+    def persistent_load(self, pid):
+        """('storage', type, key, location, numel) or, legacy, (..., numel, (view_key, start, view_numel) | None)."""
+        if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"
+                and isinstance(pid[1], _StorageType) and isinstance(pid[4], int) and pid[4] >= 0):
+            raise pickle.UnpicklingError(f"{self.where}: unknown persistent id {str(pid)[:80]}")
+        _, stype, key, _location, numel = pid[:5]
+        storage = self.storages.setdefault(str(key), _Storage(str(key), stype, numel))
+        if storage.numel != numel or storage.type != stype:
+            raise pickle.UnpicklingError(f"{self.where}: storage {key} is declared twice, differently")
+        view = pid[5] if len(pid) == 6 else None      # a storage comes back as a flat _Tensor over it,
+        if view is None:                              # which _rebuild_tensor then gives a size and stride
+            return _Tensor(storage, 0, numel)
+        _view_key, start, view_numel = view
+        return _Tensor(storage, int(start), int(view_numel))
+
+
+# ----------------------------------------------------------------------------- storages -> arrays
+
+def _to_native(raw, stype, big_endian):
+    """A storage's raw array -> native NumPy (byte-swapped if big-endian; bfloat16 widened to float32)."""
+    if big_endian and raw.dtype.itemsize > 1:
+        raw = raw.view(raw.dtype.newbyteorder(">")).astype(raw.dtype)
+    if stype.name == "BFloat16Storage":
+        raw = (raw.astype(np.uint32) << 16).view(np.float32)   # bfloat16 is float32's top 16 bits
+    return raw
+
+
+def _tensor_array(t, where, name):
+    """A _Tensor record -> ndarray: a view of its storage if contiguous, else a copy (as_strided, bounds checked)."""
+    if not (isinstance(t.size, (tuple, list)) and isinstance(t.stride, (tuple, list))):
+        raise ValueError(f"{where}: tensor {name!r} has a bad layout (size {t.size!r}, stride {t.stride!r})")
+    size, stride, offset = tuple(t.size), tuple(t.stride), t.offset
+    ok = (all(isinstance(v, int) and v >= 0 for v in size + stride + (offset, t.start, t.numel))
+          and len(size) == len(stride) and t.start + t.numel <= t.storage.numel)
+    if not ok:
+        raise ValueError(f"{where}: tensor {name!r} has a bad layout (size {size}, stride {stride}, offset {offset})")
+    flat = t.storage.array[t.start:t.start + t.numel]
+    count = math.prod(size)
+    if count == 0:
+        return np.zeros(size, flat.dtype)
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride))       # the furthest element it reads
+    if last >= t.numel:
+        raise ValueError(f"{where}: tensor {name!r} (size {size}, stride {stride}, offset {offset}) reads past "
+                         f"the end of its storage ({t.numel} elements): the file is corrupt")
+    contiguous = tuple(math.prod(size[i + 1:]) for i in range(len(size)))
+    if all(n == 1 or s == c for n, s, c in zip(size, stride, contiguous)):
+        return flat[offset:offset + count].reshape(size)                   # a view
+    strides = tuple(s * flat.itemsize for s in stride)
+    return np.lib.stride_tricks.as_strided(flat[offset:], size, strides, writeable=False).copy()
+
+
+def _materialize(obj, where, name=""):
+    """Replace every _Tensor in dicts / lists / tuples by its array."""
+    if isinstance(obj, _Tensor):
+        return _tensor_array(obj, where, name)
+    if isinstance(obj, dict):
+        return type(obj)((k, _materialize(v, where, f"{name}.{k}" if name else str(k))) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_materialize(v, where, f"{name}[{i}]") for i, v in enumerate(obj))
+    return obj
+
+
+def _read_exactly(f, nbytes, what):
+    """nbytes from a file object into one bytearray, CHUNK at a time (no second full-size copy)."""
+    buf = bytearray(nbytes)
+    view, pos = memoryview(buf), 0
+    while pos < nbytes:
+        n = f.readinto(view[pos:pos + CHUNK])
+        if not n:
+            raise ValueError(f"{what}: the file ends after {pos} of {nbytes} bytes: truncated")
+        pos += n
+    return buf
+
+
+# ----------------------------------------------------------------------------- the two layouts
+
+def _read_zip(path, where):
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as e:
+        raise ValueError(f"{where}: not a readable zip archive ({e}): truncated or corrupt; download it again") from e
+    with zf:
+        pkls = [n for n in zf.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
+        if len(pkls) != 1:
+            raise ValueError(f"{where}: a zip, but not a torch.save file (no '<archive>/data.pkl' in it)")
+        prefix = pkls[0][:-len("data.pkl")]
+        names = set(zf.namelist())
+        big = prefix + "byteorder" in names and zf.read(prefix + "byteorder").strip() == b"big"
+        try:
+            unpickler = RestrictedUnpickler(io.BytesIO(zf.read(pkls[0])), where)
+            obj = unpickler.load()
+        except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, TypeError, AttributeError) as e:
+            raise ValueError(f"{where}: cannot read {pkls[0]}: {e}") from e
+        for key, s in unpickler.storages.items():
+            member = f"{prefix}data/{key}"
+            what = f"{where}: storage {member}"
+            if member not in names:
+                raise ValueError(f"{what} is missing from the archive: truncated or corrupt")
+            nbytes = s.numel * s.type.dtype.itemsize
+            if zf.getinfo(member).file_size != nbytes:
+                raise ValueError(f"{what} holds {zf.getinfo(member).file_size} bytes, its tensor needs {nbytes}")
+            try:
+                with zf.open(member) as f:
+                    buf = _read_exactly(f, nbytes, what)
+            except (zipfile.BadZipFile, EOFError, OSError) as e:        # bad CRC, cut-off data
+                raise ValueError(f"{what}: {e}: the file is corrupt; download it again") from e
+            s.array = _to_native(np.frombuffer(buf, s.type.dtype), s.type, big)
+    return obj
+
+
+def _read_legacy(path, where):
+    with open(path, "rb") as f:
+        def load(what):
+            try:
+                return RestrictedUnpickler(f, where).load()
+            except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+                raise ValueError(f"{where}: cannot read the {what} (legacy torch format): {e}") from e
+
+        if load("magic number") != LEGACY_MAGIC:
+            raise ValueError(f"{where}: a pickle, but not a torch.save file (wrong magic number)")
+        if load("protocol version") != LEGACY_PROTOCOL:
+            raise ValueError(f"{where}: legacy torch format of an unknown version; re-save it with a recent "
+                             "torch: torch.save(torch.load(src), dst)")
+        info = load("system info")
+        big = isinstance(info, dict) and not info.get("little_endian", True)
+        try:
+            unpickler = RestrictedUnpickler(f, where)
+            obj = unpickler.load()
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+            raise ValueError(f"{where}: cannot read the state dict (legacy torch format): {e}") from e
+        keys = load("list of storage keys")
+        if not isinstance(keys, list):
+            raise ValueError(f"{where}: the list of storage keys is a {type(keys).__name__}: corrupt")
+        for key in keys:
+            s = unpickler.storages.get(str(key))
+            what = f"{where}: storage {key}"
+            if s is None:
+                raise ValueError(f"{what} is not used by any tensor: the file is corrupt")
+            numel = int.from_bytes(_read_exactly(f, 8, what), "big" if big else "little", signed=True)
+            if numel != s.numel:
+                raise ValueError(f"{what} holds {numel} elements, its tensors need {s.numel}: corrupt")
+            buf = _read_exactly(f, numel * s.type.dtype.itemsize, what)
+            s.array = _to_native(np.frombuffer(buf, s.type.dtype), s.type, big)
+        unread = [k for k, s in unpickler.storages.items() if s.array is None]
+        if unread:
+            raise ValueError(f"{where}: storages {unread[:5]} are used but not in the file: truncated or corrupt")
+    return obj
+
+
+def read_state_dict(path):
+    """A torch.save'd state dict -> {name: ndarray} (dtypes as saved), without torch. See the module docstring."""
+    where = repr(str(path))
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith(b"PK"):
+        obj = _read_zip(path, where)
+    elif head[:1] == b"\x80":                      # a pickle's PROTO opcode: the legacy layout
+        obj = _read_legacy(path, where)
+    else:
+        raise ValueError(f"{where}: not a torch.save file (it starts with {head!r}; expected a zip or a pickle). "
+                         "Files from torch < 0.4 (tar layout) must be re-saved with a recent torch.")
+    obj = _materialize(obj, where)
+    if not isinstance(obj, dict) or not all(isinstance(v, np.ndarray) for v in obj.values()):
+        held = list(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
+        raise ValueError(f"{where}: expected a state dict (tensor names -> tensors), found {held}. "
+                         "If it is a training checkpoint, save its model.state_dict() alone.")
+    return obj
+
+
+# ----------------------------------------------------------------------------- torchvision's VGG16 names
+
+def torchvision_names():
+    """{minifcn key: torchvision key}: features.N for the convolutions (ReLUs and pools take indices too),
+    classifier.0 / .3 / .6 for fc6 / fc7 / fc8 (ReLU and Dropout in between)."""
+    names, index = {}, 0
+    for block, convs in BLOCKS:
+        for i in range(1, convs + 1):
+            names[f"conv{block}_{i}"] = f"features.{index}"
+            index += 2                                   # conv, relu
+        index += 1                                       # pool
+    names.update(fc6="classifier.0", fc7="classifier.3", fc8="classifier.6")
+    return {f"{layer}.{p}": f"{src}.{attr}" for layer, src in names.items() for p, attr in (("W", "weight"),
+                                                                                           ("b", "bias"))}
+
+
+NAMES = torchvision_names()
+
+
+def read_vgg16(path):
+    """torchvision's VGG16 state dict -> minifcn VGG16 params (see minifcn.weights.vgg16).
+
+    classifier.0.weight (4096, 25088) becomes fc6.W (4096, 512, 7, 7): torch flattens pool5 in
+    (C, H, W) order, so the reshape is exact (convolutionalization, see vgg16.py).
+    """
+    where = repr(str(path))
+    state = read_state_dict(path)
+    source = {v: k for k, v in NAMES.items()}
+    unknown = [k for k in state if k not in source]
+    if unknown:
+        raise ValueError(f"{where}: keys that are not torchvision VGG16's: {unknown[:8]}"
+                         f"{' ...' if len(unknown) > 8 else ''} (expected features.N.weight/bias and "
+                         "classifier.0/3/6.weight/bias; vgg16_bn and other nets are not supported)")
+    params = {source[k]: v for k, v in state.items()}
+    return finish(params, where, NAMES)

@@ -1,0 +1,145 @@
+"""python -m minifcn.convert and the .npz it writes: format detection, metadata, atomic writes, errors.
+
+The source files here are tiny Caffe VGG16s written by a few lines of protobuf encoding below, so
+these tests need neither torch, nor protobuf, nor h5py (the per-format tests use the real writers).
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from minifcn.convert import main as convert
+from minifcn.weights import META_KEY, detect_format, load_npz, read_vgg16, save_npz
+from minifcn.weights.vgg16 import LAYERS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _varint(n):
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _field(number, wire, payload):
+    return _varint(number << 3 | wire) + (_varint(len(payload)) + payload if wire == 2 else payload)
+
+
+def tiny_caffemodel(path, seed=0, channels=(4, 8, 16, 32, 32), fc=16, classes=5):
+    """NetParameter { layer { name, type, blobs { shape { dim } data } } } for a 1/16-width VGG16."""
+    rng, c, out = np.random.default_rng(seed), 3, b""
+    shapes = []
+    for layer in LAYERS[:13]:
+        shapes.append((layer, "Convolution", (channels[int(layer[4]) - 1], c, 3, 3)))
+        c = shapes[-1][2][0]
+    shapes += [("fc6", "InnerProduct", (fc, c * 49)), ("fc7", "InnerProduct", (fc, fc)),
+               ("fc8", "InnerProduct", (classes, fc))]
+    arrays = {}
+    for name, type_, shape in shapes:
+        W, b = rng.standard_normal(shape).astype("<f4"), rng.standard_normal(shape[0]).astype("<f4")
+        arrays[name] = (W, b)
+        blobs = b"".join(_field(7, 2, _field(7, 2, _field(1, 2, b"".join(map(_varint, a.shape))))
+                                + _field(5, 2, a.tobytes())) for a in (W, b))
+        out += _field(100, 2, _field(1, 2, name.encode()) + _field(2, 2, type_.encode()) + blobs)
+    with open(path, "wb") as f:
+        f.write(_field(1, 2, b"VGG_ILSVRC_16_layers") + out)
+    return arrays
+
+
+def test_cli_end_to_end(tmp_path):
+    arrays = tiny_caffemodel(tmp_path / "VGG_ILSVRC_16_layers.caffemodel")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    run = subprocess.run([sys.executable, "-m", "minifcn.convert", str(tmp_path / "VGG_ILSVRC_16_layers.caffemodel"),
+                          str(tmp_path / "vgg16.npz")], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    assert "(caffe, vgg16)" in run.stdout and "fc6.W (16, 32, 7, 7)" in run.stdout and "BGR" in run.stdout
+    params, meta = load_npz(tmp_path / "vgg16.npz")
+    assert list(params) == [f"{layer}.{p}" for layer in LAYERS for p in "Wb"]
+    assert all(v.dtype == np.float32 for v in params.values())
+    np.testing.assert_array_equal(params["fc6.W"], arrays["fc6"][0].reshape(16, 32, 7, 7))
+    np.testing.assert_array_equal(params["fc8.W"], arrays["fc8"][0][:, :, None, None])
+    assert meta == {"format": "minifcn-weights", "arch": "vgg16", "source": "caffe",
+                    "source_file": "VGG_ILSVRC_16_layers.caffemodel",
+                    "preprocessing": {"channel_order": "BGR", "scale": 255.0,
+                                      "mean": [104.00699, 116.66877, 122.67892], "std": None}}
+    with np.load(tmp_path / "vgg16.npz", allow_pickle=False) as f:          # plain NumPy reads it, no pickle
+        assert f[META_KEY].shape == () and json.loads(str(f[META_KEY]))["source"] == "caffe"
+
+
+def test_help():
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    run = subprocess.run([sys.executable, "-m", "minifcn.convert", "--help"], capture_output=True, text=True, env=env)
+    assert run.returncode == 0 and "--format {auto,torchvision,caffe,keras}" in run.stdout
+
+
+def test_detect_format(tmp_path):
+    cases = {"a.bin": b"PK\x03\x04rest", "b.bin": b"\x80\x02\x8a\nlegacy", "c.bin": b"\x89HDF\r\n\x1a\nxx",
+             "d.caffemodel": b"\n\x04name", "e.pth": b"garbage", "f.h5": b"garbage"}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+    assert [detect_format(tmp_path / n) for n in cases] == ["torchvision", "torchvision", "keras", "caffe",
+                                                            "torchvision", "keras"]
+    np.savez(tmp_path / "x.npz", a=np.zeros(2))
+    with pytest.raises(ValueError, match=r"x\.npz.*already a NumPy \.npz"):
+        detect_format(tmp_path / "x.npz")
+
+
+def test_format_option_overrides_detection(tmp_path, capsys):
+    tiny_caffemodel(tmp_path / "w.bin")
+    assert convert([str(tmp_path / "w.bin"), str(tmp_path / "a.npz"), "--format", "caffe"]) == 0
+    assert convert([str(tmp_path / "w.bin"), str(tmp_path / "b.npz"), "--format", "torchvision"]) == 1
+    assert "not a torch.save file" in capsys.readouterr().err
+    assert not (tmp_path / "b.npz").exists()
+
+
+def test_failures_leave_dst_as_it_was(tmp_path, capsys, monkeypatch):
+    dst = tmp_path / "vgg16.npz"
+    dst.write_bytes(b"an older file")
+    assert convert([str(tmp_path / "nope.caffemodel"), str(dst)]) == 1
+    assert "nope.caffemodel' does not exist" in capsys.readouterr().err
+    # fail in the middle of writing: after the first arrays are in the temporary file
+    tiny_caffemodel(tmp_path / "w.caffemodel")
+    import numpy.lib.format as npformat
+    write, calls = npformat.write_array, []
+
+    def failing_write(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise OSError("No space left on device")
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(npformat, "write_array", failing_write)
+    assert convert([str(tmp_path / "w.caffemodel"), str(dst)]) == 1
+    assert "No space left" in capsys.readouterr().err and len(calls) == 5
+    assert dst.read_bytes() == b"an older file"
+    assert sorted(os.listdir(tmp_path)) == ["vgg16.npz", "w.caffemodel"]      # no temporary file left
+
+
+def test_src_and_dst_must_differ(tmp_path):
+    tiny_caffemodel(tmp_path / "w.caffemodel")
+    with pytest.raises(SystemExit) as e:
+        convert([str(tmp_path / "w.caffemodel"), str(tmp_path / "w.caffemodel")])
+    assert e.value.code == 2
+
+
+def test_save_and_load_npz(tmp_path):
+    tiny_caffemodel(tmp_path / "w.caffemodel")
+    params, meta = read_vgg16(tmp_path / "w.caffemodel")
+    save_npz(tmp_path / "v.npz", params, meta)
+    p2, m2 = load_npz(tmp_path / "v.npz")
+    assert m2 == meta and list(p2) == list(params)
+    for k in params:
+        np.testing.assert_array_equal(p2[k], params[k])
+    np.savez(tmp_path / "old.npz", meta=np.array(json.dumps({"arch": "vgg16"})), **{"fc6.W": np.zeros(1)})
+    assert load_npz(tmp_path / "old.npz")[1] == {"arch": "vgg16"}             # the key "meta" is read too
+    with pytest.raises(ValueError, match=r"keys must be strings"):
+        save_npz(tmp_path / "bad.npz", {META_KEY: np.zeros(1)}, {})
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    with pytest.raises(ValueError, match=r"junk\.npz.*not a readable \.npz.*minifcn\.convert"):
+        load_npz(tmp_path / "junk.npz")

@@ -1,0 +1,223 @@
+"""torchvision .pth files written by torch.save itself, read back without torch (minifcn.weights.torchvision).
+
+The end-to-end check: a VGG16 written with torch.nn modules under torchvision's key names, saved,
+converted, run by minifcn (fc6 / fc7 / fc8 as convolutions, 224 x 224 input) gives torch's classifier
+scores within 1e-4. The fast tests use a VGG16 of 1/16 width (the fc6 reshape is the same);
+one slow test runs the full-size net.
+"""
+import io
+import os
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+
+from minifcn.convert import main as convert
+from minifcn.weights import imagenet_forward, load_npz, read_vgg16
+from minifcn.weights.torchvision import NAMES, read_state_dict
+from minifcn.weights.vgg16 import BLOCKS
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+TINY = {"channels": (4, 8, 16, 32, 32), "fc": 256, "classes": 10}       # VGG16 at 1/16 width
+FULL = {"channels": (64, 128, 256, 512, 512), "fc": 4096, "classes": 1000}
+
+
+class TorchVGG16(nn.Module):
+    """torchvision's VGG16 layout (features.N, classifier.0/3/6) written with plain torch.nn."""
+
+    def __init__(self, channels, fc, classes):
+        super().__init__()
+        layers, c = [], 3
+        for (block, convs), width in zip(BLOCKS, channels):
+            for _ in range(convs):
+                layers += [nn.Conv2d(c, width, 3, padding=1), nn.ReLU(inplace=True)]
+                c = width
+            layers.append(nn.MaxPool2d(2, 2))
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Linear(c * 7 * 7, fc), nn.ReLU(True), nn.Dropout(),
+                                        nn.Linear(fc, fc), nn.ReLU(True), nn.Dropout(), nn.Linear(fc, classes))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.features(x), 1))       # (C, H, W) flatten order
+
+
+def rel(a, ref):
+    return np.max(np.abs(np.asarray(a, np.float64) - ref)) / np.max(np.abs(ref))
+
+
+def saved_vgg16(path, size=TINY, legacy=False, seed=0):
+    torch.manual_seed(seed)
+    model = TorchVGG16(**size).eval()
+    for p in model.parameters():                    # biases too, so a swapped bias would show
+        p.data.normal_(0, 0.5 / np.sqrt(p[0].numel()) if p.dim() > 1 else 0.1)
+    torch.save(model.state_dict(), path, _use_new_zipfile_serialization=not legacy)
+    return model
+
+
+def check_against_torch(model, dst):
+    params, meta = load_npz(dst)
+    x = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    out = imagenet_forward(params, x)
+    assert out.shape == ref.shape
+    assert rel(out, ref) < 1e-4, rel(out, ref)
+    return params, meta
+
+
+# ----------------------------------------------------------------------------- reading what torch.save wrote
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_state_dict_of_many_dtypes_and_layouts(tmp_path, legacy):
+    base = torch.randn(4, 6)
+    sd = {"w": torch.randn(3, 4), "half": torch.randn(5).half(), "bf16": torch.randn(2, 3).to(torch.bfloat16),
+          "cols": base[:, 1:3], "rows": base[1:], "t": torch.randn(4, 5).t(), "long": torch.arange(7),
+          "scalar": torch.tensor(2.5), "empty": torch.zeros(0, 3), "param": nn.Parameter(torch.randn(2))}
+    torch.save(sd, tmp_path / "a.pth", _use_new_zipfile_serialization=not legacy)
+    out = read_state_dict(tmp_path / "a.pth")
+    assert list(out) == list(sd)
+    for k, v in sd.items():
+        ref = v.detach().float().numpy() if v.dtype == torch.bfloat16 else v.detach().numpy()
+        assert out[k].dtype == ref.dtype and out[k].shape == ref.shape, k
+        np.testing.assert_array_equal(out[k], ref, err_msg=k)
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_converted_vgg16_gives_torchs_scores(tmp_path, legacy):
+    model = saved_vgg16(tmp_path / "vgg16.pth", legacy=legacy)
+    assert convert([str(tmp_path / "vgg16.pth"), str(tmp_path / "vgg16.npz")]) == 0
+    params, meta = check_against_torch(model, tmp_path / "vgg16.npz")
+    assert params["fc6.W"].shape == (256, 32, 7, 7) and params["fc7.W"].shape == (256, 256, 1, 1)
+    assert params["fc8.W"].shape == (10, 256, 1, 1) and params["conv1_1.W"].dtype == np.float32
+    assert meta["source"] == "torchvision" and meta["arch"] == "vgg16" and meta["source_file"] == "vgg16.pth"
+    assert meta["preprocessing"] == {"channel_order": "RGB", "scale": 1.0, "mean": [0.485, 0.456, 0.406],
+                                     "std": [0.229, 0.224, 0.225]}
+
+
+@pytest.mark.slow
+def test_full_size_vgg16(tmp_path):
+    """The real shapes: fc6 (4096, 25088) -> (4096, 512, 7, 7); 138 M parameters, 528 MiB."""
+    model = saved_vgg16(tmp_path / "vgg16.pth", size=FULL)
+    assert convert([str(tmp_path / "vgg16.pth"), str(tmp_path / "vgg16.npz")]) == 0
+    params, _ = check_against_torch(model, tmp_path / "vgg16.npz")
+    assert params["fc6.W"].shape == (4096, 512, 7, 7) and params["fc8.W"].shape == (1000, 4096, 1, 1)
+
+
+def test_torchvision_key_names():
+    assert NAMES["conv1_1.W"] == "features.0.weight" and NAMES["conv5_3.b"] == "features.28.bias"
+    assert NAMES["conv3_1.W"] == "features.10.weight" and NAMES["conv4_1.W"] == "features.17.weight"
+    assert (NAMES["fc6.W"], NAMES["fc7.W"], NAMES["fc8.b"]) == ("classifier.0.weight", "classifier.3.weight",
+                                                                "classifier.6.bias")
+
+
+# ----------------------------------------------------------------------------- files that must be refused
+
+class Evil:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.path}",)
+
+
+def zip_with_pickle(path, payload):
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", payload)
+        z.writestr("archive/version", "3\n")
+
+
+def test_pickle_calling_os_system_is_refused_without_running(tmp_path):
+    sentinel = tmp_path / "pwned"
+    zip_with_pickle(tmp_path / "evil.pth", pickle.dumps({"features.0.weight": Evil(sentinel)}, protocol=2))
+    with pytest.raises(ValueError, match=r"evil\.pth.*global (posix|os|nt)\.system.*refused"):
+        read_state_dict(tmp_path / "evil.pth")
+    assert not sentinel.exists()
+    # the same in the legacy layout: magic, protocol, system info, then the object
+    legacy = io.BytesIO()
+    for obj in (0x1950A86A20F9469CFC6C, 1001, {"little_endian": True}, Evil(sentinel)):
+        pickle.dump(obj, legacy, protocol=2)
+    (tmp_path / "evil_legacy.pth").write_bytes(legacy.getvalue())
+    with pytest.raises(ValueError, match=r"evil_legacy\.pth.*system.*refused"):
+        read_state_dict(tmp_path / "evil_legacy.pth")
+    assert not sentinel.exists()
+
+
+@pytest.mark.parametrize("module, name", [("builtins", "eval"), ("numpy", "load"), ("torch", "load"),
+                                          ("torch._utils", "_rebuild_device_tensor_from_numpy")])
+def test_any_other_global_is_refused(tmp_path, module, name):
+    payload = b"\x80\x02c" + f"{module}\n{name}\n".encode() + b"q\x00."
+    zip_with_pickle(tmp_path / "g.pth", payload)
+    with pytest.raises(ValueError, match=rf"g\.pth.*{module}\.{name}.*refused"):
+        read_state_dict(tmp_path / "g.pth")
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_truncated_file(tmp_path, legacy):
+    saved_vgg16(tmp_path / "v.pth", legacy=legacy)
+    data = (tmp_path / "v.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[:len(data) // 2])
+    with pytest.raises(ValueError, match=r"cut\.pth.*(truncated|corrupt)"):
+        read_vgg16(tmp_path / "cut.pth")
+
+
+def test_corrupt_storage_bytes_fail_the_crc(tmp_path):
+    torch.save({"w": torch.ones(1000)}, tmp_path / "c.pth")
+    data = bytearray((tmp_path / "c.pth").read_bytes())
+    at = data.index(np.ones(8, np.float32).tobytes())              # inside the stored tensor bytes
+    data[at + 1] ^= 0xFF
+    (tmp_path / "c.pth").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"c\.pth.*storage .*data/0.*corrupt"):
+        read_state_dict(tmp_path / "c.pth")
+
+
+def test_tensor_reading_past_its_storage_is_refused(tmp_path):
+    """size (2, 3) with stride (100, 1) over a 4-element storage: must fail, never read other memory."""
+    pkl = (b"\x80\x02ccollections\nOrderedDict\n)RX\x01\x00\x00\x00wctorch._utils\n_rebuild_tensor_v2\n"
+           b"((X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x04tQ"
+           b"K\x00K\x02K\x03\x86KdK\x01\x86\x89ccollections\nOrderedDict\n)RtRs.")
+    with zipfile.ZipFile(tmp_path / "oob.pth", "w") as z:
+        z.writestr("archive/data.pkl", pkl)
+        z.writestr("archive/data/0", bytes(16))
+    with pytest.raises(ValueError, match=r"oob\.pth.*tensor 'w'.*stride \(100, 1\).*reads past the end"):
+        read_state_dict(tmp_path / "oob.pth")
+
+
+def edited(tmp_path, edit):
+    torch.manual_seed(0)
+    sd = TorchVGG16(**TINY).state_dict()
+    edit(sd)
+    torch.save(sd, tmp_path / "e.pth")
+    return tmp_path / "e.pth"
+
+
+def test_missing_unknown_and_misshapen_keys_are_named(tmp_path):
+    with pytest.raises(ValueError, match=r"e\.pth.*missing.*'classifier\.3\.bias'"):
+        read_vgg16(edited(tmp_path, lambda sd: sd.pop("classifier.3.bias")))
+    with pytest.raises(ValueError, match=r"e\.pth.*not torchvision VGG16's.*'features\.1\.running_mean'"):
+        read_vgg16(edited(tmp_path, lambda sd: sd.update({"features.1.running_mean": torch.zeros(4)})))
+    with pytest.raises(ValueError, match=r"e\.pth.*features\.2\.weight has shape \(4, 5, 3, 3\).*\(F, 4, 3, 3\)"):
+        read_vgg16(edited(tmp_path, lambda sd: sd.update({"features.2.weight": torch.zeros(4, 5, 3, 3)})))
+    with pytest.raises(ValueError, match=r"e\.pth.*classifier\.0\.weight.*\(256, 1000\).*32 channels"):
+        read_vgg16(edited(tmp_path, lambda sd: sd.update({"classifier.0.weight": torch.zeros(256, 1000)})))
+    with pytest.raises(ValueError, match=r"e\.pth.*features\.0\.bias has shape \(5,\), expected \(4,\)"):
+        read_vgg16(edited(tmp_path, lambda sd: sd.update({"features.0.bias": torch.zeros(5)})))
+
+
+def test_not_a_state_dict(tmp_path):
+    torch.save({"epoch": 3, "model": {"w": torch.zeros(2)}}, tmp_path / "ckpt.pth")
+    with pytest.raises(ValueError, match=r"ckpt\.pth.*expected a state dict.*'epoch'"):
+        read_state_dict(tmp_path / "ckpt.pth")
+    (tmp_path / "x.pth").write_bytes(b"hello, not a torch file")
+    with pytest.raises(ValueError, match=r"x\.pth.*not a torch\.save file"):
+        read_state_dict(tmp_path / "x.pth")
+
+
+def test_failed_conversion_leaves_no_dst(tmp_path, capsys):
+    src = edited(tmp_path, lambda sd: sd.pop("features.0.weight"))
+    dst = tmp_path / "out.npz"
+    assert convert([str(src), str(dst)]) == 1
+    assert "features.0.weight" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["e.pth"]          # no DST, no temporary file
