@@ -1,6 +1,10 @@
 """Shared test set-up: hypothesis profiles and the `xp` fixture (NumPy always, CuPy when a GPU is there)."""
 import os
 
+# The tests multiply small matrices, where BLAS threads cost more than they give (and spin when another
+# process holds the other core). Set before NumPy is imported; an explicit setting wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings

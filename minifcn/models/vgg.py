@@ -1,0 +1,98 @@
+"""VGG16 made fully convolutional: the body that every FCN shares.
+
+Legend:  N batch, H x W input, C1..C5 = 64, 128, 256, 512, 512 channels and F = 4096, all times `width`.
+         Sizes are per axis; pool rounds up (Caffe's ceil), so pool_i = ceil(previous / 2).
+
+    x         (N, 3, H, W)
+    conv1_1   (N, C1, H + 198, W + 198)      3x3, pad 100: any input, even 1x1, still reaches fc7
+    conv1_2   (N, C1, same)                  every other conv: 3x3, pad 1, size kept; ReLU after each
+    pool1     (N, C1, ceil((H + 198) / 2))   2x2, stride 2                             stride  2
+    conv2_x, pool2    (N, C2, ...)                                                     stride  4
+    conv3_x, pool3    (N, C3, ...)           pool3 feeds FCN-8s's score_pool3          stride  8
+    conv4_x, pool4    (N, C4, ...)           pool4 feeds FCN-16s/8s's score_pool4      stride 16
+    conv5_x, pool5    (N, C5, P5, P5')                                                 stride 32
+    fc6       (N, F, P5 - 6, P5' - 6)        VGG's first classifier layer as a 7x7 conv, no pad; ReLU, dropout
+    fc7       (N, F, same)                   the second as a 1x1 conv; ReLU, dropout
+
+The classifier fc8 of ImageNet VGG16 is left out: each FCN puts its own score_fr there.
+Layer names are the reference nets' (conv1_1 ... fc7, relu1_1 ... relu7, drop6, drop7) and so are the
+parameter keys ("conv1_1.W", "conv1_1.b", ...), which is what lets weight files move between nets.
+"""
+import numpy as np
+
+from .. import geometry
+from ..layers import Conv2d, Dropout, MaxPool2d, ReLU
+from ..weights.vgg16 import PREPROCESSING
+
+BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))   # (block, convs, channels)
+FC = 4096
+BACKBONES = {"vgg16": 1.0, "vgg16-tiny": 1 / 16}   # name -> width; tiny: 4, 8, 16, 32, 32 and 256 channels
+TRUNK = tuple(f"conv{b}_{i}" for b, n, _ in BLOCKS for i in range(1, n + 1)) + ("fc6", "fc7")  # layers with weights
+
+# What the weights expect of an image (uint8, H x W x 3, RGB as read from disk), as
+# minifcn.data.transforms.preprocess applies it: x = (image[..., order] / 255 * scale - mean) / std
+# (std None: 1), channel by channel, then (3, H, W). One table for the project: minifcn.weights.vgg16.
+CAFFE_PREPROCESSING = PREPROCESSING["caffe"]                # BGR, 0-255, mean (104.00699, 116.66877, 122.67892)
+TORCHVISION_PREPROCESSING = PREPROCESSING["torchvision"]    # RGB, 0-1, ImageNet mean and std
+
+
+def scaled(channels, width):
+    """Channel count times the width multiplier, at least 1."""
+    return max(1, int(round(channels * width)))
+
+
+class VGG16:
+    """The body: `layers` in order; forward returns the maps the FCN heads read (pool3, pool4, fc7)."""
+
+    TAPS = ("pool3", "pool4")
+
+    def __init__(self, width=1.0, dropout=0.5, rng=None, dtype=np.float32):
+        rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        self.layers, self.channels = [], {}
+        c_in = 3
+        for block, convs, channels in BLOCKS:
+            c_out = scaled(channels, width)
+            for i in range(1, convs + 1):
+                pad = 100 if (block, i) == (1, 1) else 1
+                self.layers += [Conv2d(f"conv{block}_{i}", c_in, c_out, 3, pad=pad, rng=rng, dtype=dtype),
+                                ReLU(f"relu{block}_{i}")]
+                c_in = c_out
+            self.layers.append(MaxPool2d(f"pool{block}", 2, 2))
+            self.channels[f"pool{block}"] = c_out
+        f = scaled(FC, width)
+        self.layers += [Conv2d("fc6", c_in, f, 7, rng=rng, dtype=dtype), ReLU("relu6"),
+                        Dropout("drop6", dropout, seed=int(rng.integers(2**31))),
+                        Conv2d("fc7", f, f, 1, rng=rng, dtype=dtype), ReLU("relu7"),
+                        Dropout("drop7", dropout, seed=int(rng.integers(2**31)))]
+        self.channels["fc7"] = f
+
+    def forward(self, x, train=False):
+        """x (N, 3, H, W) -> {"pool3": (N, C3, ., .), "pool4": (N, C4, ., .), "fc7": (N, F, h, w)}.
+
+        "fc7" is the map after relu7 and drop7 (the reference's in-place fc7 blob).
+        """
+        taps = {}
+        for layer in self.layers:
+            x = layer.forward(x, train)
+            if layer.name in self.TAPS:
+                taps[layer.name] = x
+        taps["fc7"] = x
+        return taps
+
+    def backward(self, dfc7, skips=None):
+        """dfc7 (N, F, h, w), skips {"pool4": dpool4, "pool3": dpool3} -> dx (N, 3, H, W).
+
+        The trunk's gradient flows down layer by layer; at pool4 and pool3 the gradient that came
+        back along a skip branch joins it (the pool output fed two consumers, so its gradients add).
+        """
+        skips = skips or {}
+        dout = dfc7
+        for layer in reversed(self.layers):
+            if layer.name in skips:
+                dout = dout + skips[layer.name]              # trunk + skip branch, both (N, C, ., .)
+            dout = layer.backward(dout)
+        return dout
+
+    def graph(self):
+        """The body as geometry specs: a chain from the input "data" to drop7."""
+        return [geometry.spec_of(layer) for layer in self.layers]
