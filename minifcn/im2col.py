@@ -84,35 +84,35 @@ def col2im(cols, x_shape, kernel, stride=1, pad=0, dilation=1, op="col2im"):
 
 # ----------------------------------------------------------------------------- the specification
 
-def im2col_naive(x, kernel, stride=1, pad=0, dilation=1):
-    """Loop-by-loop im2col (small shapes only): what im2col must return, entry by entry."""
-    xp = xp_of(x)
-    N, C, H, W, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW = _geometry(x.shape, kernel, stride, pad, dilation, "im2col_naive")
-    cols = xp.zeros((N, C * KH * KW, OH * OW), dtype=x.dtype)
+def _patch_entries(x_shape, kernel, stride, pad, dilation, op):
+    """Every (n, c, y, x, row, col) such that column entry cols[n, row, col] is input pixel x[n, c, y, x]:
+    im2col copies along this list, col2im adds back along it. Pixels in the padding are skipped."""
+    N, C, H, W, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW = _geometry(x_shape, kernel, stride, pad, dilation, op)
     for n in range(N):
         for c in range(C):
             for i in range(KH):
                 for j in range(KW):
                     for oy in range(OH):
                         for ox in range(OW):
-                            y, xx = oy * sh - ph + i * dh, ox * sw - pw + j * dw  # input pixel read
+                            y, xx = oy * sh - ph + i * dh, ox * sw - pw + j * dw   # the input pixel read
                             if 0 <= y < H and 0 <= xx < W:
-                                cols[n, (c * KH + i) * KW + j, oy * OW + ox] = x[n, c, y, xx]
+                                yield n, c, y, xx, (c * KH + i) * KW + j, oy * OW + ox
+
+
+def im2col_naive(x, kernel, stride=1, pad=0, dilation=1):
+    """Loop-by-loop im2col (small shapes only): what im2col must return, entry by entry."""
+    N, C, H, W, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW = _geometry(x.shape, kernel, stride, pad, dilation,
+                                                                   "im2col_naive")
+    cols = xp_of(x).zeros((N, C * KH * KW, OH * OW), dtype=x.dtype)
+    for n, c, y, xx, row, col in _patch_entries(x.shape, kernel, stride, pad, dilation, "im2col_naive"):
+        cols[n, row, col] = x[n, c, y, xx]
     return cols
 
 
 def col2im_naive(cols, x_shape, kernel, stride=1, pad=0, dilation=1):
-    """Loop-by-loop col2im (small shapes only): every column entry added to the pixel it came from."""
-    xp = xp_of(cols)
-    N, C, H, W, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW = _geometry(x_shape, kernel, stride, pad, dilation, "col2im_naive")
-    x = xp.zeros((N, C, H, W), dtype=cols.dtype)
-    for n in range(N):
-        for c in range(C):
-            for i in range(KH):
-                for j in range(KW):
-                    for oy in range(OH):
-                        for ox in range(OW):
-                            y, xx = oy * sh - ph + i * dh, ox * sw - pw + j * dw
-                            if 0 <= y < H and 0 <= xx < W:
-                                x[n, c, y, xx] += cols[n, (c * KH + i) * KW + j, oy * OW + ox]
+    """Loop-by-loop col2im (small shapes only): every column entry added to the pixel it came from,
+    along the same list of entries as im2col_naive (that is what makes the two adjoint)."""
+    x = xp_of(cols).zeros(tuple(x_shape), dtype=cols.dtype)
+    for n, c, y, xx, row, col in _patch_entries(x_shape, kernel, stride, pad, dilation, "col2im_naive"):
+        x[n, c, y, xx] += cols[n, row, col]
     return x

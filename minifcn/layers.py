@@ -72,29 +72,35 @@ class Conv2d(Layer):
         if bias:
             self.params[f"{name}.b"] = np.zeros(out_channels, dtype)
 
+    op_forward, op_backward = staticmethod(ops.conv2d_forward), staticmethod(ops.conv2d_backward)
+
     def forward(self, x, train=False):
-        out, cache = ops.conv2d_forward(x, self.W, self.b, self.stride, self.pad)
+        out, cache = self.op_forward(x, self.W, self.b, self.stride, self.pad)
         self._keep(cache, train)
         return out
 
     def backward(self, dout):
-        dx, dW, db = ops.conv2d_backward(dout, self._cached())
+        dx, dW, db = self.op_backward(dout, self._cached())
         self.grads[f"{self.name}.W"] = dW
         if db is not None:
             self.grads[f"{self.name}.b"] = db
         return dx
 
 
-class ConvTranspose2d(Layer):
-    """Transposed convolution with W (C_in, C_out, KH, KW) (Caffe's Deconvolution), bias optional.
+class ConvTranspose2d(Conv2d):
+    """Transposed convolution with W (C_in, C_out, KH, KW) (Caffe's Deconvolution), bias optional;
+    forward and backward are Conv2d's, with the transposed-convolution ops.
 
     init="bilinear" puts the bilinear kernel on the channel diagonal (C_in must equal C_out); as in
     the reference the weight is then fixed (frozen) unless learnable=True.
     """
 
+    op_forward = staticmethod(ops.conv_transpose2d_forward)
+    op_backward = staticmethod(ops.conv_transpose2d_backward)
+
     def __init__(self, name, in_channels, out_channels, kernel, stride=1, pad=0, init="bilinear", bias=False,
                  learnable=False, rng=None, dtype=np.float32):
-        super().__init__(name)
+        Layer.__init__(self, name)
         self.stride, self.pad = stride, pad
         if init == "bilinear":
             if in_channels != out_channels:
@@ -108,18 +114,6 @@ class ConvTranspose2d(Layer):
             self.params[f"{name}.b"] = np.zeros(out_channels, dtype)
         if not learnable:
             self.frozen = set(self.params)
-
-    def forward(self, x, train=False):
-        out, cache = ops.conv_transpose2d_forward(x, self.W, self.b, self.stride, self.pad)
-        self._keep(cache, train)
-        return out
-
-    def backward(self, dout):
-        dx, dW, db = ops.conv_transpose2d_backward(dout, self._cached())
-        self.grads[f"{self.name}.W"] = dW
-        if db is not None:
-            self.grads[f"{self.name}.b"] = db
-        return dx
 
 
 class MaxPool2d(Layer):
@@ -189,7 +183,7 @@ def _init_weight(init, shape, fan_in, rng, dtype):
     if init == "zeros":
         return np.zeros(shape, dtype)
     if init == "he":
-        return (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(dtype)
+        return (rng.standard_normal(shape, dtype=np.float32) * np.sqrt(2.0 / fan_in)).astype(dtype)
     if isinstance(init, str) and init.startswith("gaussian:"):
-        return (rng.standard_normal(shape) * float(init.split(":", 1)[1])).astype(dtype)
+        return (rng.standard_normal(shape, dtype=np.float32) * float(init.split(":", 1)[1])).astype(dtype)
     raise ValueError(f"unknown init {init!r}: use 'he', 'zeros', 'gaussian:<std>' (or 'bilinear' for ConvTranspose2d)")
