@@ -1,0 +1,63 @@
+"""python -m minifcn.evaluate CHECKPOINT: the paper's four metrics over a whole split.
+
+    python -m minifcn.evaluate runs/train/checkpoint.npz                      # built-in shapes, val split
+    python -m minifcn.evaluate fcn8s.npz --dataset voc --data-root VOCdevkit/VOC2012 --split val --save-vis vis/
+
+One confusion matrix is accumulated over every image of the split (not averaged per image), then
+pixel accuracy, mean accuracy, mean IU and frequency-weighted IU are read off it, with the IU of
+each class. --save-vis DIR writes image | truth | prediction tiles.
+"""
+import argparse
+import json
+import os
+import sys
+
+from PIL import Image
+
+from . import models
+from .data import get_dataset
+from .metrics import format_table
+from .train import evaluate
+from .viz import tiles
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m minifcn.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="a file written by net.save or by python -m minifcn.train")
+    p.add_argument("--dataset", default="shapes", choices=["shapes", "voc", "sbd", "seg11valid", "folder"])
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--split", default="val")
+    p.add_argument("--image-size", type=int, default=64, help="shapes: generated image size")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images")
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    p.add_argument("--save-vis", default=None, metavar="DIR", help="write image | truth | prediction tiles here")
+    p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
+    args = p.parse_args(argv)
+
+    net = models.load(args.checkpoint, device=args.device)
+    options = {"size": args.image_size} if args.dataset == "shapes" else {}
+    dataset = get_dataset(args.dataset, split=args.split, root=args.data_root, **options)
+    if dataset.num_classes != net.num_classes:
+        raise SystemExit(f"error: {args.checkpoint} predicts {net.num_classes} classes but {args.dataset} has "
+                         f"{dataset.num_classes}; evaluate it on the dataset it was trained for")
+    visit = None
+    if args.save_vis:
+        os.makedirs(args.save_vis, exist_ok=True)
+        ids = getattr(dataset, "ids", None)
+
+        def visit(i, image, label, pred):
+            name = str(ids[i]) if ids is not None else f"{i:05d}"
+            Image.fromarray(tiles(image, label, pred)).save(os.path.join(args.save_vis, f"{name}.png"))
+    hist, result = evaluate(net, dataset, limit=args.limit, visit=visit)
+    n = len(dataset) if args.limit is None else min(args.limit, len(dataset))
+    print(f"{net.arch} on {args.dataset} {args.split}: {n} images, {int(hist.sum())} labelled pixels\n")
+    print(format_table(result, dataset.class_names))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in result.items()}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

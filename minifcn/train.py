@@ -1,0 +1,263 @@
+"""python -m minifcn.train: train an FCN, validate it with the paper's four metrics, keep checkpoints.
+
+The bare command trains FCN-8s with the tiny VGG16 body on the built-in shapes dataset, on the CPU:
+
+    python -m minifcn.train                                   # about 10 minutes on 2 cores
+    python -m minifcn.train --device gpu --backbone vgg16 --dataset voc --data-root VOCdevkit/VOC2012 \\
+        --init vgg16.npz --loss sum --lr 1e-10 --momentum 0.99 --batch-size 1     # the paper's recipe
+
+What one iteration does, in order: take a batch, forward with train=True, the per-pixel softmax
+loss and its gradient, net.backward, one SGD step. Everything random in iteration i (which images,
+their mirroring, the dropout masks) is drawn from generators seeded by (seed, i), so --resume
+continues exactly where a run stopped.
+
+Written to --out: log.jsonl (one JSON object per logged iteration and per validation), curves.png,
+checkpoint.npz (every --checkpoint-every iterations and at the end; atomically, so a crash or
+Ctrl-C never leaves a broken one) and best.npz (the best validation mean IU so far).
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+from . import models
+from .backend import get_xp, to_device, to_numpy
+from .data import get_dataset
+from .data.transforms import batches
+from .layers import Dropout
+from .metrics import confusion, format_table, scores
+from .ops import softmax_cross_entropy
+from .optim import SGD, learning_rate
+from .viz import plot_curves
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m minifcn.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    p.add_argument("--model", default="fcn8s", choices=list(models.ARCHITECTURES))
+    p.add_argument("--backbone", default="vgg16-tiny", choices=list(models.BACKBONES))
+    p.add_argument("--width", type=float, default=1.0, help="channel multiplier on top of the backbone's")
+    p.add_argument("--dataset", default="shapes", choices=["shapes", "voc", "sbd", "folder"])
+    p.add_argument("--data-root", default=None, help="dataset folder (voc, sbd, folder)")
+    p.add_argument("--train-split", default="train")
+    p.add_argument("--val-split", default="val")
+    p.add_argument("--num-classes", type=int, default=None, help="default: the dataset's")
+    p.add_argument("--image-size", type=int, default=64, help="shapes: generated image size")
+    p.add_argument("--crop-size", type=int, default=None,
+                   help="random crop/pad to this size (needed for batches > 1 of images of different sizes)")
+    p.add_argument("--init", default=None, help="weights to start from: a VGG16 .npz (python -m minifcn.convert) "
+                                                "or the coarser FCN's checkpoint (net surgery)")
+    p.add_argument("--resume", default=None, help="a checkpoint.npz of this command to continue exactly")
+    p.add_argument("--iters", type=int, default=None, help="iterations to train (default 2000)")
+    p.add_argument("--epochs", type=float, default=None, help="alternatively, passes over the training split")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--loss", default="mean", choices=["sum", "mean"],
+                   help="mean over labelled pixels (lr ~1e-4..1e-2) or the reference's sum (lr ~1e-10)")
+    p.add_argument("--lr", type=float, default=None, help="default 0.01 for --loss mean, 1e-10 for sum")
+    p.add_argument("--lr-policy", default="poly", choices=["fixed", "poly", "step"])
+    p.add_argument("--momentum", type=float, default=None, help="default 0.9 (mean) or 0.99 (sum)")
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--dropout", type=float, default=0.5)
+    p.add_argument("--learnable-upsampling", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-every", type=int, default=500)
+    p.add_argument("--val-images", type=int, default=None, help="validate on the first N images only")
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--out", default="runs/train", help="output folder")
+    args = p.parse_args(argv)
+    if args.lr is None:
+        args.lr = 0.01 if args.loss == "mean" else 1e-10
+    if args.momentum is None:
+        args.momentum = 0.9 if args.loss == "mean" else 0.99
+    return args
+
+
+class Progress:
+    """One status line on stderr: iteration, loss, pixels per second, time left."""
+
+    def __init__(self, total, start):
+        self.total, self.start, self.t0 = total, start, time.time()
+        self.tty = sys.stderr.isatty()
+
+    def update(self, it, loss, pixels_per_s, force=False):
+        done = (it - self.start) / max(self.total - self.start, 1)
+        elapsed = time.time() - self.t0
+        eta = elapsed / done * (1 - done) if done > 0 else float("nan")
+        bar = "#" * int(24 * it / self.total)
+        line = (f"[{bar:<24}] {it:>6}/{self.total}  loss {loss:8.4f}  {pixels_per_s / 1e3:8.1f} kpx/s  "
+                f"ETA {_clock(eta)}")
+        if self.tty:
+            print("\r" + line, end="", file=sys.stderr, flush=True)
+        elif force:
+            print(line, file=sys.stderr, flush=True)
+
+    def newline(self):
+        if self.tty:
+            print(file=sys.stderr)
+
+
+def _clock(seconds):
+    if not math.isfinite(seconds):
+        return "--:--"
+    m, s = divmod(int(seconds), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
+def iteration_seed(seed, it, stream=0):
+    """A 32-bit seed for iteration `it` of a run with `seed` (stream: which random use)."""
+    return int(np.random.SeedSequence([seed, it, stream]).generate_state(1)[0])
+
+
+def evaluate(net, dataset, batch_size=1, limit=None, visit=None):
+    """Confusion matrix over a split (inference mode) -> (hist, scores dict). visit(i, image, label, pred)
+    is called for every image (for saving pictures)."""
+    K, xp = net.num_classes, get_xp(net.device)
+    hist = np.zeros((K, K), np.int64)
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    for i in range(n):
+        image, label = dataset[i]
+        x = xp.asarray(_preprocess(image, net.preprocessing))[None]
+        pred = net.forward(x, train=False).argmax(axis=1)[0]                     # (H, W)
+        hist += confusion(pred, xp.asarray(label), K)
+        if visit is not None:
+            visit(i, image, label, to_numpy(pred))
+    return hist, scores(hist)
+
+
+def _preprocess(image, meta):
+    from .data.transforms import preprocess
+    return preprocess(image, meta)
+
+
+def save_checkpoint(path, net, optimizer, state):
+    """net.save plus the optimiser's velocities and the training state, in one .npz (atomic)."""
+    net.save(path, extra={**optimizer.state_dict(), "__train__": np.array(json.dumps(state))})
+
+
+def load_checkpoint(path, device):
+    net = models.load(path, device=device)
+    with np.load(path, allow_pickle=False) as f:
+        if "__train__" not in f.files:
+            raise ValueError(f"{path!r} is a model file, not a training checkpoint (it has no '__train__' "
+                             "entry); start a new run from it with --init instead of --resume")
+        state = json.loads(str(f["__train__"]))
+        velocities = {k: f[k] for k in f.files if k.startswith("velocity/")}
+    return net, state, velocities
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    xp = get_xp(args.device)
+    dataset_options = {"size": args.image_size} if args.dataset == "shapes" else {}
+    train_set = get_dataset(args.dataset, split=args.train_split, root=args.data_root, **dataset_options)
+    val_set = get_dataset(args.dataset, split=args.val_split, root=args.data_root, **dataset_options)
+    K = args.num_classes or train_set.num_classes
+
+    log_path = os.path.join(args.out, "log.jsonl")
+    ckpt_path = os.path.join(args.out, "checkpoint.npz")
+    if args.resume:
+        net, state, velocities = load_checkpoint(args.resume, args.device)
+        if (net.arch, net.num_classes) != (args.model, K):
+            raise ValueError(f"--resume {args.resume}: the checkpoint holds {net.arch} with {net.num_classes} "
+                             f"classes, but this run asks for {args.model} with {K}; pass the same "
+                             "--model / --num-classes / --dataset as the run that wrote it")
+        start, best = state["iter"], state.get("best_mean_iu", -1.0)
+        _truncate_log(log_path, start)
+    else:
+        net = models.build(args.model, num_classes=K, backbone=args.backbone, width=args.width,
+                           dropout=args.dropout, learnable_upsampling=args.learnable_upsampling, seed=args.seed,
+                           init=args.init).to(args.device)
+        velocities, start, best = {}, 0, -1.0
+        open(log_path, "w").close()
+        if net.init_report is not None:
+            print(net.init_report, file=sys.stderr)
+    total = args.iters or (int(math.ceil(args.epochs * len(train_set) / args.batch_size)) if args.epochs else 2000)
+
+    opt = SGD(net.params, args.lr, args.momentum, args.weight_decay, frozen=net.frozen)
+    opt.load_state_dict(velocities, args.device)
+    dropouts = [(i, layer) for i, layer in enumerate(net.layers) if isinstance(layer, Dropout)]
+    print(f"{net}\ntraining {args.model} on {args.dataset} ({len(train_set)} train / {len(val_set)} val images) "
+          f"for {total} iterations of batch {args.batch_size} on {args.device}; output in {args.out}",
+          file=sys.stderr)
+
+    batch_iter = batches(train_set, args.batch_size, shuffle=True, seed=args.seed, crop_size=args.crop_size,
+                         mirror=True, preprocessing=net.preprocessing, start=start)
+    progress = Progress(total, start)
+    state = {"iter": start, "best_mean_iu": best, "args": vars(args)}
+    it, t_last, pixels = start, time.time(), 0
+    try:
+        with open(log_path, "a") as log:
+            while it < total:
+                x, labels = next(batch_iter)
+                x, labels = xp.asarray(x), xp.asarray(labels)
+                for i, layer in dropouts:                           # masks of iteration `it`, reproducibly
+                    layer.rng = xp.random.default_rng(iteration_seed(args.seed, it, 1 + i))
+                lr = learning_rate(args.lr, it, args.lr_policy, max_iter=total)
+                scores_ = net.forward(x, train=True)                # (N, K, H, W)
+                loss, dscores = softmax_cross_entropy(scores_, labels, reduction=args.loss)
+                if not math.isfinite(loss):
+                    progress.newline()
+                    raise FloatingPointError(
+                        f"the loss became {loss} at iteration {it}. The usual cause is a learning rate too large "
+                        f"for the loss: --loss sum adds up every pixel and needs a tiny rate (the paper's 1e-10 "
+                        f"with momentum 0.99), --loss mean pairs with ~1e-4..1e-2 (yours: --loss {args.loss} "
+                        f"--lr {args.lr:g}). The last good checkpoint is kept: {ckpt_path}")
+                net.backward(dscores)
+                opt.step(net.grads, lr)
+                it += 1
+                pixels += int(np.prod(labels.shape))
+                if it % args.log_every == 0 or it == total:
+                    now = time.time()
+                    speed = pixels / max(now - t_last, 1e-9)
+                    t_last, pixels = now, 0
+                    log.write(json.dumps({"iter": it, "loss": loss, "lr": lr, "pixels_per_s": speed}) + "\n")
+                    log.flush()
+                    progress.update(it, loss, speed, force=it % (args.log_every * 10) == 0)
+                if it % args.val_every == 0 or it == total:
+                    progress.newline()
+                    _, result = evaluate(net, val_set, limit=args.val_images)
+                    log.write(json.dumps({"iter": it, **{k: result[k] for k in
+                                                         ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")}}) + "\n")
+                    log.flush()
+                    print(f"iteration {it}: " + format_table(result, val_set.class_names).split("\n")[0],
+                          file=sys.stderr)
+                    if result["mean_iu"] > state["best_mean_iu"]:
+                        state["best_mean_iu"] = result["mean_iu"]
+                        save_checkpoint(os.path.join(args.out, "best.npz"), net, opt, {**state, "iter": it})
+                if it % args.checkpoint_every == 0 or it == total:
+                    state["iter"] = it
+                    save_checkpoint(ckpt_path, net, opt, state)
+                    plot_curves(log_path, os.path.join(args.out, "curves.png"))
+    except KeyboardInterrupt:
+        progress.newline()
+        print(f"\ninterrupted at iteration {it}. The last checkpoint is {ckpt_path}; continue with "
+              f"python -m minifcn.train --resume {ckpt_path} (and the same options)", file=sys.stderr)
+        return 130
+    except FloatingPointError as e:
+        print(f"\nstopped: {e}", file=sys.stderr)
+        return 1
+    progress.newline()
+    print(f"done: {total} iterations; best val mean IU {state['best_mean_iu']:.4f}; checkpoint {ckpt_path}",
+          file=sys.stderr)
+    return 0
+
+
+def _truncate_log(log_path, it):
+    """Drop log lines past iteration `it` (written after the checkpoint a resumed run starts from)."""
+    if not os.path.exists(log_path):
+        return
+    with open(log_path) as f:
+        keep = [line for line in f if line.strip() and json.loads(line)["iter"] <= it]
+    with open(log_path, "w") as f:
+        f.writelines(keep)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

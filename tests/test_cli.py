@@ -1,0 +1,91 @@
+"""The command-line jobs end to end on tiny settings: train (with exact resume), evaluate, predict."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from minifcn import evaluate, models, predict, train
+from minifcn.ops import softmax_cross_entropy
+
+TINY = ["--backbone", "vgg16-tiny", "--image-size", "24", "--batch-size", "2", "--val-images", "4",
+        "--log-every", "1", "--seed", "3"]
+
+
+def run_train(out, *extra):
+    return train.main([*TINY, "--out", str(out), *extra])
+
+
+def test_train_writes_log_curves_and_checkpoints(tmp_path):
+    assert run_train(tmp_path, "--iters", "4", "--val-every", "2", "--checkpoint-every", "2") == 0
+    records = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    assert [r["iter"] for r in records if "loss" in r] == [1, 2, 3, 4]
+    assert [r["iter"] for r in records if "mean_iu" in r] == [2, 4]
+    assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)
+    assert (tmp_path / "curves.png").exists() and (tmp_path / "best.npz").exists()
+    net = models.load(tmp_path / "checkpoint.npz")
+    assert net.arch == "fcn8s" and net.num_classes == 6
+
+
+def test_resume_continues_exactly(tmp_path, monkeypatch):
+    """6 iterations in one go == Ctrl-C during iteration 5 (checkpoint at 4), then --resume: equal to the bit."""
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    args = ["--iters", "6", "--val-every", "100", "--checkpoint-every", "2"]
+    assert run_train(whole, *args) == 0
+
+    calls = []
+
+    def interrupted_loss(*a, **kw):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return softmax_cross_entropy(*a, **kw)
+    monkeypatch.setattr(train, "softmax_cross_entropy", interrupted_loss)
+    assert run_train(part, *args) == 130
+    monkeypatch.undo()
+    assert run_train(part, *args, "--resume", str(part / "checkpoint.npz")) == 0
+    a, b = models.load(whole / "checkpoint.npz"), models.load(part / "checkpoint.npz")
+    for key in a.params:
+        np.testing.assert_array_equal(a.params[key], b.params[key], err_msg=key)
+    losses = lambda p: [r["loss"] for r in map(json.loads, open(p / "log.jsonl")) if "loss" in r]  # noqa: E731
+    assert losses(whole) == losses(part)
+
+
+def test_nan_loss_stops_with_advice_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    assert run_train(tmp_path, "--iters", "2", "--val-every", "100", "--checkpoint-every", "1") == 0
+    good = {k: v.copy() for k, v in models.load(tmp_path / "checkpoint.npz").params.items()}
+    code = run_train(tmp_path, "--iters", "40", "--val-every", "100", "--checkpoint-every", "1000", "--loss", "sum",
+                     "--lr", "1e6", "--resume", str(tmp_path / "checkpoint.npz"))
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "the loss became" in err and "--loss sum" in err and "1e-10" in err
+    kept = models.load(tmp_path / "checkpoint.npz")
+    for k, v in good.items():
+        np.testing.assert_array_equal(kept.params[k], v)
+
+
+def test_resume_with_another_model_is_a_clear_error(tmp_path):
+    assert run_train(tmp_path, "--iters", "1", "--val-every", "100") == 0
+    with pytest.raises(ValueError, match=r"checkpoint holds fcn8s with 6 classes, but this run asks for fcn32s"):
+        run_train(tmp_path, "--iters", "2", "--model", "fcn32s", "--resume", str(tmp_path / "checkpoint.npz"))
+
+
+def test_evaluate_and_predict(tmp_path, capsys):
+    assert run_train(tmp_path, "--iters", "1", "--val-every", "100") == 0
+    ckpt = str(tmp_path / "checkpoint.npz")
+    assert evaluate.main([ckpt, "--image-size", "24", "--limit", "3", "--save-vis", str(tmp_path / "vis"),
+                          "--json", str(tmp_path / "m.json")]) == 0
+    out = capsys.readouterr().out
+    assert "mean IU" in out and "triangle" in out
+    assert len(list((tmp_path / "vis").glob("*.png"))) == 3
+    assert set(json.load(open(tmp_path / "m.json"))) >= {"pixel_acc", "mean_acc", "mean_iu", "fw_iu", "iu"}
+
+    image = np.random.default_rng(0).integers(0, 255, (19, 31, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "odd.jpg")
+    assert predict.main([ckpt, str(tmp_path / "odd.jpg"), "--out", str(tmp_path / "pred")]) == 0
+    mask = Image.open(tmp_path / "pred" / "odd.png")
+    assert mask.mode == "P" and mask.size == (31, 19)
+    assert Image.open(tmp_path / "pred" / "odd_overlay.png").size == (31, 19)
+    (tmp_path / "notimage.jpg").write_text("hello")
+    with pytest.raises(SystemExit, match=r"notimage.jpg is not a readable image"):
+        predict.main([ckpt, str(tmp_path / "notimage.jpg"), "--out", str(tmp_path / "pred")])
