@@ -1,0 +1,102 @@
+"""The built-in shapes dataset: deterministic, splits apart, class by shape (not colour), any size."""
+import math
+import time
+
+import numpy as np
+import pytest
+
+from minifcn.data import get_dataset
+from minifcn.data.shapes import CLASS_NAMES, ShapesDataset, render, shape_mask
+
+
+def test_items_have_the_dataset_protocol():
+    ds = get_dataset("shapes")
+    assert (len(ds), ds.num_classes, ds.class_names, ds.name) == (2000, 6, CLASS_NAMES, "shapes-train")
+    assert len(get_dataset("shapes", "val")) == 200 and len(ds.ids) == len(ds)
+    image, label = ds[0]
+    assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+    assert label.shape == (64, 64) and label.dtype == np.uint8 and label.max() < 6
+    assert np.array_equal(ds[-1][1], ds[len(ds) - 1][1])
+    with pytest.raises(IndexError):
+        ds[len(ds)]
+
+
+def test_same_seed_same_scene_and_splits_differ():
+    a, b = ShapesDataset("train", num_images=20), ShapesDataset("train", num_images=20)
+    val, other = ShapesDataset("val", num_images=20), ShapesDataset("train", num_images=20, seed=1)
+    for i in range(20):
+        assert np.array_equal(a[i][0], b[i][0]) and np.array_equal(a[i][1], b[i][1])
+        assert not np.array_equal(a[i][0], val[i][0])
+        assert not np.array_equal(a[i][0], other[i][0])
+    train_images = {a[i][0].tobytes() for i in range(20)}
+    assert not train_images & {val[i][0].tobytes() for i in range(20)}
+
+
+def test_any_size_and_the_same_scene_at_every_size():
+    image, label = render(0, "train", 3, size=(48, 80))
+    assert image.shape == (48, 80, 3) and label.shape == (48, 80)
+    small, big = render(0, "val", 7, 64)[1], render(0, "val", 7, 128)[1]
+    # pixel centres of the 64 grid are between two of the 128 grid: compare on the odd rows/cols
+    assert np.mean(big[1::2, 1::2] == small) > 0.97
+    with pytest.raises(ValueError, match="size"):
+        ShapesDataset(size=4)
+    with pytest.raises(ValueError, match="split"):
+        ShapesDataset("validation")
+
+
+def test_every_class_occurs_and_scenes_hold_several_objects():
+    ds = ShapesDataset("train", num_images=150)
+    labels = [ds[i][1] for i in range(len(ds))]
+    present = np.array([[np.any(lab == c) for c in range(6)] for lab in labels])   # (images, classes)
+    assert present.any(axis=0).all(), "every class appears somewhere"
+    assert present[:, 1:].mean(axis=0).min() > 0.15, "and no class is rare"
+    assert np.mean(present[:, 1:].sum(axis=1) >= 2) > 0.4, "many scenes mix classes"
+    fractions = np.array([np.mean(lab > 0) for lab in labels])
+    assert 0.1 < fractions.mean() < 0.7
+
+
+def test_colour_does_not_tell_the_class():
+    """Each class's mean colour varies widely from image to image, and the classes' average colours agree."""
+    ds = ShapesDataset("train", num_images=300)
+    colours = {c: [] for c in range(1, 6)}
+    for i in range(len(ds)):
+        image, label = ds[i]
+        for c in np.unique(label):
+            if c > 0 and np.sum(label == c) > 30:
+                colours[c].append(image[label == c].mean(axis=0))
+    spread = [np.std(np.array(colours[c]), axis=0).mean() for c in colours]       # per class
+    means = np.array([np.mean(colours[c], axis=0) for c in colours])              # (5, 3)
+    assert min(spread) > 50, f"class colours barely vary: {spread}"
+    assert np.abs(means - means.mean(axis=0)).max() < 25, f"class colours differ on average: {means}"
+
+
+def test_shapes_are_what_their_names_say():
+    s = 401
+    y, x = np.mgrid[:s, :s] - s // 2                                    # centre at 0
+    u, v = x.astype(np.float32), y.astype(np.float32)
+    r = 150.0
+    area = {c: shape_mask(c, u, v, r).sum() / r**2 for c in range(1, 6)}
+    assert area[1] == pytest.approx(math.pi, rel=0.02)                  # disc
+    assert area[2] == pytest.approx(4 * 0.85**2, rel=0.02)              # square
+    assert area[3] == pytest.approx(3 * math.sqrt(3) / 4 * 1.3**2, rel=0.02)   # equilateral triangle
+    ring, cross = shape_mask(4, u, v, r), shape_mask(5, u, v, r)
+    assert not ring[s // 2, s // 2] and ring[s // 2, s // 2 + int(0.75 * r)]   # a hole in the middle
+    assert cross[s // 2, s // 2] and not cross[s // 2 + 50, s // 2 + 50]       # thin arms, empty corners
+    with pytest.raises(ValueError):
+        shape_mask(6, u, v, r)
+
+
+def test_flat_scenes_paint_each_object_in_one_colour():
+    image, label = render(0, "train", 5, 64, texture=0)
+    for c in np.unique(label):
+        assert len(np.unique(image[label == c], axis=0)) <= 4              # one colour per object
+
+
+def test_fast_enough_to_draw_on_the_fly():
+    ds = ShapesDataset("train", size=64, num_images=100)
+    ds[0]
+    t = time.perf_counter()
+    for i in range(len(ds)):
+        ds[i]
+    per_image = (time.perf_counter() - t) / len(ds)
+    assert per_image < 0.02, f"{per_image * 1e3:.1f} ms per 64x64 image"
