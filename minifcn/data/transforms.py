@@ -18,11 +18,12 @@ import numpy as np
 from PIL import Image
 
 from ..backend import to_numpy
+from ..weights.vgg16 import PREPROCESSING
 
 VOID = 255
 
-CAFFE_VGG = {"channel_order": "BGR", "scale": 255.0, "mean": (104.00699, 116.66877, 122.67892), "std": None}
-TORCHVISION_VGG = {"channel_order": "RGB", "scale": 1.0, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+CAFFE_VGG = PREPROCESSING["caffe"]              # BGR, 0-255, mean (104.00699, 116.66877, 122.67892)
+TORCHVISION_VGG = PREPROCESSING["torchvision"]  # RGB, 0-1, mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225)
 
 # Distinct first words for the random streams of batches(): see the note in _rng.
 _ORDER, _AUGMENT = 1, 2
