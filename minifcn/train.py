@@ -27,7 +27,7 @@ import numpy as np
 from . import models
 from .backend import get_xp, to_device, to_numpy
 from .data import get_dataset
-from .data.transforms import batches
+from .data.transforms import TORCHVISION_VGG, batches
 from .layers import Dropout
 from .metrics import confusion, format_table, scores
 from .ops import softmax_cross_entropy
@@ -174,6 +174,8 @@ def main(argv=None):
         net = models.build(args.model, num_classes=K, backbone=args.backbone, width=args.width,
                            dropout=args.dropout, learnable_upsampling=args.learnable_upsampling, seed=args.seed,
                            init=args.init).to(args.device)
+        if args.init is None:   # from scratch: inputs of unit scale, which He-initialised layers expect
+            net.preprocessing = dict(TORCHVISION_VGG)
         velocities, start, best = {}, 0, -1.0
         open(log_path, "w").close()
         if net.init_report is not None:
