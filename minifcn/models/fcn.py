@@ -310,9 +310,16 @@ class FCN16s(FCN):
         ]
 
     def forward(self, x, train=False):
-        """x (N, 3, H, W) -> scores (N, K, H, W)."""
+        """x (N, 3, H, W) -> scores (N, K, H, W).
+
+        score_fr (fc7 -> K) then upscore2 (x2) give (N, K, 2h+2, 2w+2); score_pool4 (pool4 -> K) gives
+        (N, K, H16, W16), cropped at self.crop_offsets["score_pool4c"] to upscore2's size; their sum
+        fuse_pool4 goes through upscore16 (x16) to (N, K, 32h+48, 32w+48), cropped at
+        self.crop_offsets["score"] to (H, W). Keep the crops' caches with self.keep(train, score, ...).
+        """
         H, W = self.check_input(x)
         feats = self.body.forward(x, train)             # pool4 (N, C4, H16, W16), fc7 (N, F, h, w)
+        # BEGIN SOLUTION
         score_fr = self.score_fr.forward(feats["fc7"], train)                   # (N, K, h, w)        stride 32
         upscore2 = self.upscore2.forward(score_fr, train)                       # (N, K, 2h+2, 2w+2)  stride 16
         score_pool4 = self.score_pool4.forward(feats["pool4"], train)           # (N, K, H16, W16)    stride 16
@@ -323,10 +330,17 @@ class FCN16s(FCN):
         score, crop = ops.crop_forward(upscore16, self.crop_offsets["score"], (H, W))  # (N, K, H, W)
         self.keep(train, score, score_pool4c=crop4, score=crop)
         return score
+        # END SOLUTION
 
     def backward(self, dscore):
-        """dscores (N, K, H, W) -> dx (N, 3, H, W); fills self.grads."""
+        """dscores (N, K, H, W) -> dx (N, 3, H, W); fills self.grads.
+
+        forward read from the bottom up: each layer's backward, crop_backward for each crop, and the
+        sum's gradient handed to both branches; the skip's gradient (N, C4, H16, W16) joins the trunk
+        at pool4 through self.body.backward(dfc7, skips={"pool4": ...}). End with self.finish_backward(dx).
+        """
         crops = self.cached(dscore)
+        # BEGIN SOLUTION
         dupscore16 = ops.crop_backward(dscore, crops["score"])                  # (N, K, 32h+48, .) zeros outside
         dfuse_pool4 = self.upscore16.backward(dupscore16)                       # (N, K, 2h+2, 2w+2)
         dupscore2, dscore_pool4c = ops.add_backward(dfuse_pool4)                # the sum copies it to both inputs
@@ -336,6 +350,7 @@ class FCN16s(FCN):
         dfc7 = self.score_fr.backward(dscore_fr)                                # (N, F, h, w)
         dx = self.body.backward(dfc7, skips={"pool4": dpool4})                  # (N, 3, H, W)
         return self.finish_backward(dx)
+        # END SOLUTION
 
 
 # ============================================================================= FCN-8s (staged and at-once)

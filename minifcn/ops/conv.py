@@ -40,6 +40,7 @@ def conv2d_forward(x, W, b=None, stride=1, pad=0, dilation=1):
 
     x (N, C, H, W), W (F, C, KH, KW), b (F,) or None  ->  out (N, F, OH, OW), cache
     OH = floor((H + 2*pad - dilation*(KH-1) - 1) / stride) + 1, likewise OW.
+    cache = (x, W, b is not None, stride, pad, dilation): what conv2d_backward unpacks.
     """
     xp = check_inputs("conv2d", x=x, W=W, b=b)
     check_ndim("conv2d", "x", x, "NCHW")
@@ -49,6 +50,7 @@ def conv2d_forward(x, W, b=None, stride=1, pad=0, dilation=1):
                          f"but x has C={x.shape[1]} (x shape {x.shape})")
     F, C, KH, KW = W.shape
     _check_bias("conv2d", b, F)
+    # BEGIN SOLUTION
     N = x.shape[0]
     cols = im2col(x, (KH, KW), stride, pad, dilation, op="conv2d")       # (N, K, P)
     out = xp.matmul(W.reshape(F, -1), cols)                               # (N, F, P)
@@ -57,6 +59,7 @@ def conv2d_forward(x, W, b=None, stride=1, pad=0, dilation=1):
     OH = conv_output_size(x.shape[2], KH, pair(stride)[0], pair(pad)[0], pair(dilation)[0])
     out = out.reshape(N, F, OH, -1)                                       # (N, F, OH, OW)
     return out, (x, W, b is not None, stride, pad, dilation)
+    # END SOLUTION
 
 
 def conv2d_backward(dout, cache):
@@ -67,6 +70,7 @@ def conv2d_backward(dout, cache):
     x, W, has_bias, stride, pad, dilation = cache
     xp = check_inputs("conv2d_backward", dout=dout, W=W)
     F, C, KH, KW = W.shape
+    # BEGIN SOLUTION
     N = x.shape[0]
     dout2 = dout.reshape(N, F, -1)                                        # (N, F, P)
     cols = im2col(x, (KH, KW), stride, pad, dilation, op="conv2d")        # (N, K, P), rebuilt
@@ -75,6 +79,7 @@ def conv2d_backward(dout, cache):
     dx = col2im(dcols, x.shape, (KH, KW), stride, pad, dilation, op="conv2d")
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
     return dx, dW, db
+    # END SOLUTION
 
 
 # ----------------------------------------------------------------------------- conv_transpose2d
@@ -91,6 +96,7 @@ def conv_transpose2d_forward(x, W, b=None, stride=1, pad=0):
     OH = (H - 1) * stride - 2 * pad + KH, likewise OW.
     Each input pixel stamps a copy of its kernel, scaled by its value, onto the output, `stride`
     pixels apart; stamps that overlap add up (that is col2im).
+    cache = (x, W, b is not None, stride, pad): what conv_transpose2d_backward unpacks.
     """
     xp = check_inputs("conv_transpose2d", x=x, W=W, b=b)
     check_ndim("conv_transpose2d", "x", x, "NCHW")
@@ -106,11 +112,13 @@ def conv_transpose2d_forward(x, W, b=None, stride=1, pad=0):
     if OH < 1 or OW < 1:
         raise ValueError(f"conv_transpose2d: output would be {OH}x{OW} for input {H}x{W_}, kernel {KH}x{KW}, "
                          f"stride {stride}, pad {pad}; reduce pad or enlarge the kernel")
+    # BEGIN SOLUTION
     cols = xp.matmul(W.reshape(C_in, -1).T, x.reshape(N, C_in, H * W_))  # (N, C_out*KH*KW, H*W)
     out = col2im(cols, (N, C_out, OH, OW), (KH, KW), stride, pad, op="conv_transpose2d")
     if b is not None:
         out += b.reshape(1, C_out, 1, 1)
     return out, (x, W, b is not None, stride, pad)
+    # END SOLUTION
 
 
 def conv_transpose2d_backward(dout, cache):
@@ -122,11 +130,13 @@ def conv_transpose2d_backward(dout, cache):
     xp = check_inputs("conv_transpose2d_backward", dout=dout, W=W)
     C_in, C_out, KH, KW = W.shape
     N, _, H, W_ = x.shape
+    # BEGIN SOLUTION
     dcols = im2col(dout, (KH, KW), stride, pad, op="conv_transpose2d")    # (N, C_out*KH*KW, H*W)
     dx = xp.matmul(W.reshape(C_in, -1), dcols).reshape(x.shape)           # (N, C_in, H, W)
     dW = _dW_sum(x.reshape(N, C_in, H * W_), dcols).reshape(W.shape)      # (C_in, C_out, KH, KW)
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
     return dx, dW, db
+    # END SOLUTION
 
 
 # ----------------------------------------------------------------------------- bilinear upsampling
@@ -141,10 +151,12 @@ def bilinear_kernel(k, dtype=np.float32):
     """
     if int(k) != k or k < 1:
         raise ValueError(f"bilinear_kernel: k must be a positive int, got {k!r}")
+    # BEGIN SOLUTION
     factor = (k + 1) // 2
     centre = factor - 1 if k % 2 == 1 else factor - 0.5
     ramp = 1 - np.abs(np.arange(k) - centre) / factor                   # (k,)
     return np.outer(ramp, ramp).astype(dtype)
+    # END SOLUTION
 
 
 def bilinear_weight(channels, k, dtype=np.float32):
@@ -153,9 +165,11 @@ def bilinear_weight(channels, k, dtype=np.float32):
     Channel c is upsampled on its own (W[c, c] is the kernel, W[c, d != c] is zero), as in the
     reference's `surgery.interp`.
     """
+    # BEGIN SOLUTION
     W = np.zeros((channels, channels, k, k), dtype=dtype)
     W[np.arange(channels), np.arange(channels)] = bilinear_kernel(k, dtype)
     return W
+    # END SOLUTION
 
 
 # ----------------------------------------------------------------------------- the specification

@@ -1,0 +1,168 @@
+"""Course assignments: the reference solutions are in the package, marked; this writes the student version.
+
+    python -m minifcn.assignments list          the assignments, their points and the functions they ask for
+    python -m minifcn.assignments make OUT/     the student version of the package in OUT/minifcn/
+
+A reference solution is the body of a function between two comment lines, the words nbgrader and
+Otter use:
+
+    def im2col(x, kernel, ...):
+        \"\"\"The specification: every shape.\"\"\"          <- kept: what the student reads
+        N, C, H, W, ... = _geometry(...)                  <- kept: set-up and input checks
+        # BEGIN SOLUTION
+        ...                                               <- replaced by: raise NotImplementedError(...)
+        # END SOLUTION
+
+`make` copies the whole package and replaces every marked block by one `raise NotImplementedError`
+at the block's indentation. The instructor's files (this one and grade.py, which holds the hidden
+cases) are left out. Grade what comes back with `python -m minifcn.grade OUT/`.
+"""
+import argparse
+import ast
+import io
+import shutil
+import sys
+import tokenize
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent
+INSTRUCTOR_ONLY = ("assignments.py", "grade.py")      # not handed out
+BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"
+
+# key -> (title, the marked functions "module:qualname"). grade.py holds each assignment's checks and points.
+ASSIGNMENTS = {
+    "A1": ("im2col and col2im", ["im2col:im2col", "im2col:col2im"]),
+    "A2": ("convolution, forward and backward", ["ops.conv:conv2d_forward", "ops.conv:conv2d_backward"]),
+    "A3": ("transposed convolution and the bilinear filler",
+           ["ops.conv:conv_transpose2d_forward", "ops.conv:conv_transpose2d_backward",
+            "ops.conv:bilinear_kernel", "ops.conv:bilinear_weight"]),
+    "A4": ("the per-pixel softmax loss", ["ops.loss:softmax_cross_entropy"]),
+    "A5": ("the FCN-16s skip, forward and backward (optional)",
+           ["models.fcn:FCN16s.forward", "models.fcn:FCN16s.backward"]),
+}
+
+
+def solution_blocks(path):
+    """[(qualname, begin line, end line, indent)] for every marked block of a .py file (lines 0-based)."""
+    text = Path(path).read_text()
+    lines = text.split("\n")
+    if BEGIN not in text:
+        return []
+    owner = {}                                  # line -> qualname of the innermost function holding it
+
+    def visit(node, prefix):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                name = prefix + child.name
+                if not isinstance(child, ast.ClassDef):
+                    for i in range(child.lineno - 1, child.end_lineno):
+                        owner[i] = name
+                visit(child, name + ".")
+    visit(ast.parse(text), "")
+
+    comments = {tok.start[0] - 1 for tok in tokenize.generate_tokens(io.StringIO(text).readline)
+                if tok.type == tokenize.COMMENT}       # markers are comment lines, never text in a string
+    blocks, begin = [], None
+    for i, line in enumerate(lines):
+        if i not in comments:
+            continue
+        if line.strip() == BEGIN:
+            if begin is not None:
+                raise ValueError(f"{path}:{i + 1}: {BEGIN} inside another block (opened at line {begin + 1})")
+            begin = i
+        elif line.strip() == END:
+            if begin is None:
+                raise ValueError(f"{path}:{i + 1}: {END} without a {BEGIN} before it")
+            indent = lines[begin][:len(lines[begin]) - len(lines[begin].lstrip())]
+            if not line.startswith(indent + "#") or begin not in owner:
+                raise ValueError(f"{path}:{begin + 1}-{i + 1}: a block must sit inside a function, its two "
+                                 "markers at the same indentation")
+            blocks.append((owner[begin], begin, i, indent))
+            begin = None
+    if begin is not None:
+        raise ValueError(f"{path}:{begin + 1}: {BEGIN} is never closed by {END}")
+    return blocks
+
+
+def strip_solutions(path):
+    """The student's text of one file: every marked block replaced by a NotImplementedError."""
+    lines = Path(path).read_text().split("\n")
+    for qualname, begin, end, indent in reversed(solution_blocks(path)):
+        lines[begin:end + 1] = [f'{indent}raise NotImplementedError("{qualname}: write this (see the docstring)")']
+    return "\n".join(lines)
+
+
+def marked_functions(package=PACKAGE):
+    """{"module:qualname": number of blocks} over the package, e.g. {"im2col:im2col": 1, ...}."""
+    found = {}
+    for path in sorted(Path(package).rglob("*.py")):
+        module = ".".join(path.relative_to(package).with_suffix("").parts)
+        for qualname, *_ in solution_blocks(path):
+            key = f"{module}:{qualname}"
+            found[key] = found.get(key, 0) + 1
+    return found
+
+
+def check_markers(package=PACKAGE):
+    """Every listed function has a marked block and every marked block belongs to an assignment."""
+    found = set(marked_functions(package))
+    listed = {f for _, functions in ASSIGNMENTS.values() for f in functions}
+    if found != listed:
+        raise ValueError(f"markers and ASSIGNMENTS disagree: marked but in no assignment {sorted(found - listed)}, "
+                         f"listed but not marked {sorted(listed - found)}")
+
+
+def make(out, force=False):
+    """Write the student version of the package to out/minifcn/; returns that folder."""
+    check_markers()
+    target = Path(out) / "minifcn"
+    if target.exists():
+        if not force:
+            raise FileExistsError(f"{target} exists; remove it or pass --force to overwrite it")
+        shutil.rmtree(target)
+    shutil.copytree(PACKAGE, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", *INSTRUCTOR_ONLY))
+    for path in sorted(target.rglob("*.py")):
+        if BEGIN in path.read_text():
+            text = strip_solutions(path)
+            compile(text, str(path), "exec")      # the student version must still import
+            path.write_text(text)
+    return target
+
+
+def describe():
+    """The table `list` prints: each assignment, its points and its functions."""
+    from .grade import CHECKS                 # the points live with the checks
+    lines = []
+    for key, (title, functions) in ASSIGNMENTS.items():
+        points = sum(c.points for c in CHECKS if c.assignment == key)
+        checks = sum(1 for c in CHECKS if c.assignment == key)
+        lines.append(f"{key}  {title}  ({points} points, {checks} checks)")
+        lines += [f"      minifcn/{f.split(':')[0].replace('.', '/')}.py  {f.split(':')[1]}" for f in functions]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m minifcn.assignments", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="the assignments and the functions each asks for")
+    mk = sub.add_parser("make", help="write the student version to OUT/minifcn/")
+    mk.add_argument("out", help="folder to write into (the package goes to OUT/minifcn/)")
+    mk.add_argument("--force", action="store_true", help="overwrite OUT/minifcn/ if it exists")
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        check_markers()
+        print(describe())
+        return 0
+    try:
+        target = make(args.out, args.force)
+    except FileExistsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"student version written to {target}")
+    print(f"hand out {target} (students put {target.parent} on PYTHONPATH); grade with "
+          f"python -m minifcn.grade {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

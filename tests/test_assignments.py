@@ -1,0 +1,103 @@
+"""Course assignments: the reference scores full marks, the student version imports and scores zero, and a
+planted bug loses exactly the points of the checks it breaks (and nothing in any other assignment)."""
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from minifcn import assignments, grade
+
+ROOT = Path(__file__).resolve().parents[1]
+TOTAL = sum(c.points for c in grade.CHECKS)
+
+
+def points(assignment):
+    return sum(c.points for c in grade.CHECKS if c.assignment == assignment)
+
+
+def solved_copy(tmp_path, file, old, new):
+    """A copy of the reference package (a student who solved everything) with one line of `file` changed."""
+    shutil.copytree(assignments.PACKAGE, tmp_path / "minifcn", ignore=shutil.ignore_patterns("__pycache__"))
+    path = tmp_path / "minifcn" / file
+    text = path.read_text()
+    assert text.count(old) == 1, f"{old!r} must occur once in {file}"
+    path.write_text(text.replace(old, new))
+    return tmp_path
+
+
+def failed(rows):
+    return {r["name"].split()[0] for r in rows if r["score"] < r["max_score"]}
+
+
+def test_markers_and_assignment_list_agree():
+    assignments.check_markers()
+    assert set(c.assignment for c in grade.CHECKS) == set(assignments.ASSIGNMENTS)
+    assert all(points(key) >= 6 for key in assignments.ASSIGNMENTS)
+
+
+def test_reference_scores_full_marks_and_writes_gradescope_json(tmp_path):
+    out = tmp_path / "results.json"
+    proc = subprocess.run([sys.executable, "-m", "minifcn.grade", "--json", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert f"Total {TOTAL} / {TOTAL}" in proc.stdout
+    results = json.loads(out.read_text())
+    assert results["score"] == TOTAL and len(results["tests"]) == len(grade.CHECKS)
+    for test in results["tests"]:
+        assert set(test) == {"name", "score", "max_score", "output", "visibility"}
+        assert test["score"] == test["max_score"] > 0, test
+        assert test["visibility"] in ("visible", "after_due_date")
+
+
+def test_student_version_imports_keeps_the_specification_and_scores_zero(tmp_path):
+    target = assignments.make(tmp_path)
+    assert not (target / "grade.py").exists() and not (target / "assignments.py").exists()
+    with pytest.raises(FileExistsError):
+        assignments.make(tmp_path)
+    for path in target.rglob("*.py"):
+        assert assignments.BEGIN not in path.read_text(), path
+    # every docstring (the specification) and signature is still there
+    for module in ("im2col.py", "ops/conv.py", "ops/loss.py", "models/fcn.py"):
+        ref, mine = (ast.parse((root / module).read_text()) for root in (assignments.PACKAGE, target))
+        defs = [{n.name: (ast.get_docstring(n), ast.dump(n.args)) for n in ast.walk(tree)
+                 if isinstance(n, ast.FunctionDef)} for tree in (ref, mine)]
+        assert defs[0] == defs[1], module
+    # it imports on its own (the student's package, not the reference)
+    code = "import minifcn, minifcn.models, minifcn.ops, minifcn.layers, minifcn.train; print(minifcn.__file__)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    assert Path(proc.stdout.strip()).resolve() == (target / "__init__.py").resolve()
+    rows = grade.grade(tmp_path)
+    assert len(rows) == len(grade.CHECKS) and sum(r["score"] for r in rows) == 0
+    assert all("NotImplementedError" in r["output"] for r in rows), [r["output"] for r in rows]
+
+
+def test_planted_bug_transposed_dW_loses_exactly_its_checks(tmp_path):
+    solved_copy(tmp_path, "ops/conv.py", "dW = _dW_sum(dout2, cols).reshape(W.shape)",
+                "dW = _dW_sum(dout2, cols).reshape(W.shape).transpose(0, 1, 3, 2)")
+    rows = grade.grade(tmp_path, only=["A2", "A3"])      # A3 uses the reference's conv2d: untouched
+    assert failed(rows) == {"A2.5", "A2.7"}             # the dW gradient check and the hidden backward cases
+    assert sum(r["score"] for r in rows) == points("A2") + points("A3") - 3
+
+
+def test_a_crash_costs_only_the_checks_it_stops(tmp_path):
+    # the process dies in bilinear_kernel: A3's earlier checks keep their points, the rest score 0
+    solved_copy(tmp_path, "ops/conv.py", "    factor = (k + 1) // 2\n", "    factor = (k + 1) // 2\n    os._exit(3)\n")
+    path = tmp_path / "minifcn" / "ops" / "conv.py"
+    path.write_text("import os\n" + path.read_text())
+    rows = grade.grade(tmp_path, only=["A3"])
+    assert failed(rows) == {"A3.6", "A3.7", "A3.8", "A3.9"}
+    assert all("exit code 3" in r["output"] for r in rows if r["score"] == 0)
+
+
+def test_an_endless_loop_is_stopped_by_the_time_limit(tmp_path):
+    solved_copy(tmp_path, "ops/loss.py", "    shifted = scores", "    while True:\n        pass\n    shifted = scores")
+    rows = grade.grade(tmp_path, only=["A4"], timeout=3)
+    assert sum(r["score"] for r in rows) == 0 and len(rows) == 7
+    assert all("longer than 3" in r["output"] for r in rows)
