@@ -2,14 +2,15 @@
 
 The bare command trains FCN-8s with the tiny VGG16 body on the built-in shapes dataset, on the CPU:
 
-    python -m minifcn.train                                   # about 10 minutes on 2 cores
+    python -m minifcn.train                                   # under 10 minutes on 2 cores
     python -m minifcn.train --device gpu --backbone vgg16 --dataset voc --data-root VOCdevkit/VOC2012 \\
         --init vgg16.npz --loss sum --lr 1e-10 --momentum 0.99 --batch-size 1     # the paper's recipe
 
 What one iteration does, in order: take a batch, forward with train=True, the per-pixel softmax
-loss and its gradient, net.backward, one SGD step. Everything random in iteration i (which images,
-their mirroring, the dropout masks) is drawn from generators seeded by (seed, i), so --resume
-continues exactly where a run stopped.
+loss and its gradient, net.backward, one optimiser step (Adam by default with --loss mean, for training
+from scratch; the paper's SGD with --optimizer sgd, and always with --loss sum). Everything random in
+iteration i (which images, their mirroring, the dropout masks) is drawn from generators seeded by
+(seed, i), so --resume continues exactly where a run stopped.
 
 Written to --out: log.jsonl (one JSON object per logged iteration and per validation), curves.png,
 checkpoint.npz (every --checkpoint-every iterations and at the end; atomically, so a crash or
@@ -25,13 +26,13 @@ import time
 import numpy as np
 
 from . import models
-from .backend import get_xp, to_device, to_numpy
+from .backend import get_xp, to_numpy
 from .data import get_dataset
 from .data.transforms import TORCHVISION_VGG, batches
 from .layers import Dropout
 from .metrics import confusion, format_table, scores
 from .ops import softmax_cross_entropy
-from .optim import SGD, learning_rate
+from .optim import SGD, Adam, learning_rate
 from .viz import plot_curves
 
 
@@ -47,32 +48,40 @@ def parse_args(argv=None):
     p.add_argument("--train-split", default="train")
     p.add_argument("--val-split", default="val")
     p.add_argument("--num-classes", type=int, default=None, help="default: the dataset's")
-    p.add_argument("--image-size", type=int, default=64, help="shapes: generated image size")
+    p.add_argument("--image-size", type=int, default=96, help="shapes: generated image size")
     p.add_argument("--crop-size", type=int, default=None,
                    help="random crop/pad to this size (needed for batches > 1 of images of different sizes)")
     p.add_argument("--init", default=None, help="weights to start from: a VGG16 .npz (python -m minifcn.convert) "
                                                 "or the coarser FCN's checkpoint (net surgery)")
     p.add_argument("--resume", default=None, help="a checkpoint.npz of this command to continue exactly")
-    p.add_argument("--iters", type=int, default=None, help="iterations to train (default 2000)")
+    p.add_argument("--iters", type=int, default=None, help="iterations to train (default 700)")
     p.add_argument("--epochs", type=float, default=None, help="alternatively, passes over the training split")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--loss", default="mean", choices=["sum", "mean"],
                    help="mean over labelled pixels (lr ~1e-4..1e-2) or the reference's sum (lr ~1e-10)")
-    p.add_argument("--lr", type=float, default=None, help="default 0.01 for --loss mean, 1e-10 for sum")
+    p.add_argument("--optimizer", default=None, choices=["sgd", "adam"],
+                   help="default adam for --loss mean (training from scratch), sgd (the paper's) for --loss sum")
+    p.add_argument("--lr", type=float, default=None,
+                   help="default 2e-3 for adam, 0.01 for sgd with --loss mean, 1e-10 for --loss sum")
     p.add_argument("--lr-policy", default="poly", choices=["fixed", "poly", "step"])
-    p.add_argument("--momentum", type=float, default=None, help="default 0.9 (mean) or 0.99 (sum)")
+    p.add_argument("--momentum", type=float, default=None,
+                   help="default 0.9 (mean; adam's beta1) or 0.99 (sum)")
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--dropout", type=float, default=0.5)
     p.add_argument("--learnable-upsampling", action="store_true")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-every", type=int, default=500)
+    p.add_argument("--val-every", type=int, default=250)
     p.add_argument("--val-images", type=int, default=None, help="validate on the first N images only")
-    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--checkpoint-every", type=int, default=250)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--out", default="runs/train", help="output folder")
     args = p.parse_args(argv)
+    if args.optimizer is None:
+        args.optimizer = "adam" if args.loss == "mean" else "sgd"
+    if args.optimizer == "adam" and args.loss == "sum":
+        p.error("--optimizer adam goes with --loss mean; the sum loss is the paper's recipe, trained with sgd")
     if args.lr is None:
-        args.lr = 0.01 if args.loss == "mean" else 1e-10
+        args.lr = 1e-10 if args.loss == "sum" else 2e-3 if args.optimizer == "adam" else 0.01
     if args.momentum is None:
         args.momentum = 0.9 if args.loss == "mean" else 0.99
     return args
@@ -147,7 +156,7 @@ def load_checkpoint(path, device):
             raise ValueError(f"{path!r} is a model file, not a training checkpoint (it has no '__train__' "
                              "entry); start a new run from it with --init instead of --resume")
         state = json.loads(str(f["__train__"]))
-        velocities = {k: f[k] for k in f.files if k.startswith("velocity/")}
+        velocities = {k: f[k] for k in f.files if k.startswith(("velocity/", "adam_"))}   # optimiser state
     return net, state, velocities
 
 
@@ -169,6 +178,10 @@ def main(argv=None):
                              f"classes, but this run asks for {args.model} with {K}; pass the same "
                              "--model / --num-classes / --dataset as the run that wrote it")
         start, best = state["iter"], state.get("best_mean_iu", -1.0)
+        saved = state.get("args", {}).get("optimizer", "sgd")
+        if saved != args.optimizer:
+            print(f"note: {args.resume} was trained with {saved}; --optimizer {args.optimizer} starts with fresh "
+                  "optimiser state (the parameters and iteration carry over)", file=sys.stderr)
         _truncate_log(log_path, start)
     else:
         net = models.build(args.model, num_classes=K, backbone=args.backbone, width=args.width,
@@ -180,13 +193,18 @@ def main(argv=None):
         open(log_path, "w").close()
         if net.init_report is not None:
             print(net.init_report, file=sys.stderr)
-    total = args.iters or (int(math.ceil(args.epochs * len(train_set) / args.batch_size)) if args.epochs else 2000)
+    total = args.iters or (int(math.ceil(args.epochs * len(train_set) / args.batch_size)) if args.epochs else 700)
 
-    opt = SGD(net.params, args.lr, args.momentum, args.weight_decay, frozen=net.frozen)
+    if args.optimizer == "adam":
+        opt = Adam(net.params, args.lr, betas=(args.momentum, 0.999), weight_decay=args.weight_decay,
+                   frozen=net.frozen)
+    else:
+        opt = SGD(net.params, args.lr, args.momentum, args.weight_decay, frozen=net.frozen)
     opt.load_state_dict(velocities, args.device)
     dropouts = [(i, layer) for i, layer in enumerate(net.layers) if isinstance(layer, Dropout)]
     print(f"{net}\ntraining {args.model} on {args.dataset} ({len(train_set)} train / {len(val_set)} val images) "
-          f"for {total} iterations of batch {args.batch_size} on {args.device}; output in {args.out}",
+          f"for {total} iterations of batch {args.batch_size} on {args.device} ({args.optimizer}, lr {args.lr:g}, "
+          f"{args.lr_policy}); output in {args.out}",
           file=sys.stderr)
 
     batch_iter = batches(train_set, args.batch_size, shuffle=True, seed=args.seed, crop_size=args.crop_size,

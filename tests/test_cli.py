@@ -51,6 +51,19 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     assert losses(whole) == losses(part)
 
 
+def test_resume_continues_exactly_with_sgd(tmp_path):
+    """The paper's optimiser (momentum velocities in the checkpoint) resumes to the bit too."""
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    args = ["--iters", "4", "--val-every", "100", "--checkpoint-every", "2", "--optimizer", "sgd",
+            "--lr-policy", "fixed"]                               # fixed: the same rates in a 2-iteration run
+    assert run_train(whole, *args) == 0
+    assert run_train(part, *args[:1], "2", *args[2:]) == 0
+    assert run_train(part, *args, "--resume", str(part / "checkpoint.npz")) == 0
+    a, b = models.load(whole / "checkpoint.npz"), models.load(part / "checkpoint.npz")
+    for key in a.params:
+        np.testing.assert_array_equal(a.params[key], b.params[key], err_msg=key)
+
+
 def test_nan_loss_stops_with_advice_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     assert run_train(tmp_path, "--iters", "2", "--val-every", "100", "--checkpoint-every", "1") == 0
     good = {k: v.copy() for k, v in models.load(tmp_path / "checkpoint.npz").params.items()}

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from minifcn.optim import SGD, learning_rate
+from minifcn.optim import SGD, Adam, learning_rate
 
 
 def test_two_steps_by_hand():
@@ -51,3 +51,49 @@ def test_schedules():
     assert learning_rate(0.1, 25, "step", step=10, gamma=0.5) == pytest.approx(0.025)
     with pytest.raises(ValueError, match=r"unknown learning-rate policy"):
         learning_rate(0.1, 1, "cosine")
+
+
+def test_adam_two_steps_by_hand():
+    params = {"fc6.W": np.array([1.0, -2.0]), "fc6.b": np.array([0.5]), "upscore.W": np.array([3.0])}
+    opt = Adam(params, lr=0.1, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, frozen={"upscore.W"})
+    g = {"fc6.W": np.array([0.2, 0.4]), "fc6.b": np.array([1.0])}
+    opt.step(g)
+    # step 1: m = 0.1 g, s = 0.001 g^2; bias-corrected m / sqrt(s) = g / |g| = sign(g): a step of lr * lr_mult
+    gw1 = np.array([0.2, 0.4]) + 0.01 * np.array([1.0, -2.0])                  # weight decay on weights
+    np.testing.assert_allclose(params["fc6.W"], [1.0, -2.0] - 0.1 * np.sign(gw1) * np.abs(gw1) / (np.abs(gw1) + 1e-8))
+    np.testing.assert_allclose(params["fc6.b"], [0.5 - 2 * 0.1], rtol=1e-7)   # lr x2, no decay
+    w1 = params["fc6.W"].copy()
+    opt.step(g)
+    gw2 = np.array([0.2, 0.4]) + 0.01 * w1
+    m = 0.9 * 0.1 * gw1 + 0.1 * gw2
+    s = 0.999 * 0.001 * gw1 ** 2 + 0.001 * gw2 ** 2
+    m_hat, s_hat = m / (1 - 0.9 ** 2), s / (1 - 0.999 ** 2)
+    np.testing.assert_allclose(params["fc6.W"], w1 - 0.1 * m_hat / (np.sqrt(s_hat) + 1e-8))
+    np.testing.assert_allclose(params["fc6.b"], [0.5 - 2 * 0.1 - 2 * 0.1], rtol=1e-7)  # constant g: steps of lr
+    assert params["upscore.W"][0] == 3.0
+    assert opt.t == 2
+
+
+def test_adam_state_round_trip_continues_identically():
+    def run(steps, resume_at=None):
+        params = {"a.W": np.ones(3), "a.b": np.zeros(3)}
+        opt = Adam(params, lr=0.05, weight_decay=1e-3)
+        grads = [{"a.W": rng_i.standard_normal(3), "a.b": rng_i.standard_normal(3)}
+                 for rng_i in (np.random.default_rng(i) for i in range(steps))]
+        for i, g in enumerate(grads):
+            if i == resume_at:
+                state = {k: v.copy() for k, v in params.items()}, opt.state_dict()
+                params = {k: v.copy() for k, v in state[0].items()}
+                opt = Adam(params, lr=0.05, weight_decay=1e-3)
+                opt.load_state_dict(state[1])
+            opt.step(g)
+        return params
+    a, b = run(5), run(5, resume_at=3)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_adam_missing_gradient_is_a_clear_error():
+    opt = Adam({"a.W": np.ones(2)}, lr=0.1)
+    with pytest.raises(KeyError, match=r"no gradient for 'a.W'"):
+        opt.step({})

@@ -1,0 +1,88 @@
+"""The bare `python -m minifcn.train` (FCN-8s, vgg16-tiny, built-in shapes, CPU), then FCN-16s and FCN-32s
+under the same budget (same iterations and settings, only --model differs): the four metrics on the
+val split at the end of each run, and the wall time of each (training and validation, as a user sees it).
+
+    python benchmarks/train_shapes.py [--models fcn8s fcn16s fcn32s] [--out runs/bench] [--append] [-- EXTRA...]
+
+Each run is `python -m minifcn.train --model M --out OUT/M EXTRA...` in a subprocess, one after another
+(never two at once: they would share the cores). The first, fcn8s with no EXTRA, is the bare command.
+--append adds the table to benchmarks/RESULTS.md with the date, the machine and the command.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+METRICS = ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")
+
+
+def run(model, out, extra):
+    """Train one model; return (wall seconds, the last validation record of its log, return code)."""
+    cmd = [sys.executable, "-m", "minifcn.train", "--out", str(out)]
+    if model != "fcn8s":                      # fcn8s is the default: keep the bare command bare
+        cmd += ["--model", model]
+    cmd += extra
+    print("$ " + " ".join(cmd[1:]), flush=True)
+    t0 = time.perf_counter()
+    code = subprocess.call(cmd)
+    wall = time.perf_counter() - t0
+    records = [json.loads(line) for line in open(Path(out) / "log.jsonl") if line.strip()]
+    val = [r for r in records if "mean_iu" in r]
+    return wall, (val[-1] if val else {}), code
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def table(rows):
+    lines = ["| model | iterations | pixel acc | mean acc | mean IU | f.w. IU | wall (train + val) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for model, wall, rec, code in rows:
+        cells = [f"{rec[k]:.3f}" if k in rec else "-" for k in METRICS]
+        note = "" if code == 0 else f" (exit {code})"
+        lines.append(f"| {model}{note} | {rec.get('iter', '-')} | " + " | ".join(cells) +
+                     f" | {int(wall // 60)} min {wall % 60:.0f} s |")
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["fcn8s", "fcn16s", "fcn32s"],
+                   choices=["fcn8s", "fcn16s", "fcn32s", "fcn8s-atonce"])
+    p.add_argument("--out", default="runs/bench", help="one sub-folder per model")
+    p.add_argument("--append", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: options passed to every run")
+    args = p.parse_args()
+    extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
+    rows = []
+    for model in args.models:
+        wall, rec, code = run(model, Path(args.out) / model, extra)
+        rows.append((model, wall, rec, code))
+        print(table(rows[-1:]).split("\n")[-1], flush=True)
+    result = table(rows)
+    print("\n" + result)
+    if args.append:
+        import numpy as np
+        machine = f"{cpu_name()}, {os.cpu_count()} cores, numpy {np.__version__}"
+        command = " ".join(["python benchmarks/train_shapes.py", "--models", *args.models,
+                            "--out", args.out, "--append"] + (["--", *extra] if extra else []))
+        header = (f"\n## train_shapes, {datetime.date.today()}, {machine}\n\n"
+                  f"`{command}` (each: `python -m minifcn.train --model M {' '.join(extra)}`, the defaults "
+                  f"otherwise; metrics on the val split at the last iteration)\n\n")
+        with open(Path(__file__).with_name("RESULTS.md"), "a") as f:
+            f.write(header + result + "\n")
+    return max(code for *_, code in rows)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
