@@ -12,6 +12,7 @@ import json
 import os
 import sys
 
+import numpy as np
 from PIL import Image
 
 from . import models
@@ -28,7 +29,8 @@ def main(argv=None):
     p.add_argument("--dataset", default="shapes", choices=["shapes", "voc", "sbd", "seg11valid", "folder"])
     p.add_argument("--data-root", default=None)
     p.add_argument("--split", default="val")
-    p.add_argument("--image-size", type=int, default=64, help="shapes: generated image size")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="shapes: generated image size (default: the one the checkpoint was trained at, else 96)")
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     p.add_argument("--save-vis", default=None, metavar="DIR", help="write image | truth | prediction tiles here")
@@ -36,7 +38,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     net = models.load(args.checkpoint, device=args.device)
-    options = {"size": args.image_size} if args.dataset == "shapes" else {}
+    options = {"size": args.image_size or _trained_image_size(args.checkpoint)} if args.dataset == "shapes" else {}
     dataset = get_dataset(args.dataset, split=args.split, root=args.data_root, **options)
     if dataset.num_classes != net.num_classes:
         raise SystemExit(f"error: {args.checkpoint} predicts {net.num_classes} classes but {args.dataset} has "
@@ -57,6 +59,14 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump({k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in result.items()}, f, indent=1)
     return 0
+
+
+def _trained_image_size(path, default=96):
+    """The --image-size a training checkpoint was made with (its '__train__' entry), else `default`."""
+    with np.load(path, allow_pickle=False) as f:
+        if "__train__" not in f.files:
+            return default
+        return json.loads(str(f["__train__"])).get("args", {}).get("image_size") or default
 
 
 if __name__ == "__main__":
