@@ -15,6 +15,18 @@ import numpy as np
 from .backend import to_device, to_numpy
 
 
+def decayed_gradient(opt, key, grads):
+    """(w, g + weight_decay * m_decay * w, m_lr) for parameter `key`: the part every optimiser shares."""
+    if key not in grads:
+        raise KeyError(f"{type(opt).__name__}.step: no gradient for {key!r}; run net.backward first, "
+                       "or freeze the parameter")
+    w, g = opt.params[key], grads[key]
+    lr_mult, decay_mult = opt.multipliers[key]
+    if opt.weight_decay and decay_mult:
+        g = g + (opt.weight_decay * decay_mult) * w
+    return w, g, lr_mult
+
+
 def default_multipliers(key):
     """(lr_mult, decay_mult) for a parameter key "<layer>.W" / "<layer>.b", as in the reference nets."""
     return (2.0, 0.0) if key.endswith(".b") else (1.0, 1.0)
@@ -33,12 +45,7 @@ class SGD:
         """One update from `grads` (dict key -> array, same keys as params; frozen keys may be absent)."""
         lr = self.lr if lr is None else lr
         for key, v in self.velocity.items():
-            if key not in grads:
-                raise KeyError(f"SGD.step: no gradient for {key!r}; run net.backward first, or freeze the parameter")
-            w, g = self.params[key], grads[key]
-            lr_mult, decay_mult = self.multipliers[key]
-            if self.weight_decay and decay_mult:
-                g = g + (self.weight_decay * decay_mult) * w
+            w, g, lr_mult = decayed_gradient(self, key, grads)
             step = g * (lr * lr_mult)
             self.velocity[key] = step if v is None else v * self.momentum + step   # v starts at 0
             w -= self.velocity[key]
@@ -81,12 +88,7 @@ class Adam:
         self.t += 1
         c1, c2 = 1 - self.beta1 ** self.t, 1 - self.beta2 ** self.t
         for key in self.m:
-            if key not in grads:
-                raise KeyError(f"Adam.step: no gradient for {key!r}; run net.backward first, or freeze the parameter")
-            w, g = self.params[key], grads[key]
-            lr_mult, decay_mult = self.multipliers[key]
-            if self.weight_decay and decay_mult:
-                g = g + (self.weight_decay * decay_mult) * w
+            w, g, lr_mult = decayed_gradient(self, key, grads)
             m, s = self.m[key], self.s[key]
             m = (1 - self.beta1) * g if m is None else self.beta1 * m + (1 - self.beta1) * g   # m, s start at 0
             s = (1 - self.beta2) * g * g if s is None else self.beta2 * s + (1 - self.beta2) * g * g
