@@ -15,7 +15,8 @@ Otter use:
 
 `make` copies the whole package and replaces every marked block by one `raise NotImplementedError`
 at the block's indentation. The instructor's files (this one and grade.py, which holds the hidden
-cases) are left out. Grade what comes back with `python -m minifcn.grade OUT/`.
+cases) are left out, and so is fast.py, so that every layer of the student's nets runs the student's
+own ops. Grade what comes back with `python -m minifcn.grade OUT/`.
 """
 import argparse
 import ast
@@ -26,7 +27,9 @@ import tokenize
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
-INSTRUCTOR_ONLY = ("assignments.py", "grade.py")      # not handed out
+# Not handed out: the instructor's files, and the fast paths (minifcn.fast holds a second, faster im2col
+# and convolution, which the layers would run instead of the student's ops).
+INSTRUCTOR_ONLY = ("assignments.py", "grade.py", "fast.py")
 BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"
 
 # key -> (title, the marked functions "module:qualname"). grade.py holds each assignment's checks and points.

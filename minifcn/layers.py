@@ -11,6 +11,16 @@ import numpy as np
 from . import ops
 from .backend import to_device, xp_of
 
+try:
+    from . import fast      # optional: the student package of minifcn.assignments leaves it out
+except ImportError:         # pragma: no cover
+    fast = None
+
+
+def use_fast():
+    """Whether layers take minifcn.fast's paths (same results, less time and memory) or the plain ops."""
+    return fast is not None and fast.ENABLED
+
 
 class Layer:
     def __init__(self, name):
@@ -75,28 +85,51 @@ class Conv2d(Layer):
     op_forward, op_backward = staticmethod(ops.conv2d_forward), staticmethod(ops.conv2d_backward)
 
     def forward(self, x, train=False):
-        out, cache = self.op_forward(x, self.W, self.b, self.stride, self.pad)
+        forward = fast.conv2d_forward if use_fast() else self.op_forward
+        out, cache = forward(x, self.W, self.b, self.stride, self.pad)
         self._keep(cache, train)
         return out
 
     def backward(self, dout):
-        dx, dW, db = self.op_backward(dout, self._cached())
-        self.grads[f"{self.name}.W"] = dW
+        if use_fast():
+            dx, dW, db = fast.conv2d_backward(dout, self._cached())
+        else:
+            dx, dW, db = self.op_backward(dout, self._cached())
+        self._set_grads(dW, db)
+        return dx
+
+    def _set_grads(self, dW, db):
+        if dW is not None:
+            self.grads[f"{self.name}.W"] = dW
         if db is not None:
             self.grads[f"{self.name}.b"] = db
-        return dx
 
 
 class ConvTranspose2d(Conv2d):
-    """Transposed convolution with W (C_in, C_out, KH, KW) (Caffe's Deconvolution), bias optional;
-    forward and backward are Conv2d's, with the transposed-convolution ops.
+    """Transposed convolution with W (C_in, C_out, KH, KW) (Caffe's Deconvolution), bias optional.
 
     init="bilinear" puts the bilinear kernel on the channel diagonal (C_in must equal C_out); as in
-    the reference the weight is then fixed (frozen) unless learnable=True.
+    the reference the weight is then fixed (frozen) unless learnable=True, and a frozen weight gets
+    no gradient on the fast path (net.grads has no entry for it).
     """
 
     op_forward = staticmethod(ops.conv_transpose2d_forward)
     op_backward = staticmethod(ops.conv_transpose2d_backward)
+
+    def forward(self, x, train=False):
+        forward = fast.conv_transpose2d_forward if use_fast() else self.op_forward
+        out, cache = forward(x, self.W, self.b, self.stride, self.pad)
+        self._keep(cache, train)
+        return out
+
+    def backward(self, dout):
+        if use_fast():
+            weight_grad = f"{self.name}.W" not in self.frozen
+            dx, dW, db = fast.conv_transpose2d_backward(dout, self._cached(), weight_grad)
+        else:
+            dx, dW, db = self.op_backward(dout, self._cached())
+        self._set_grads(dW, db)
+        return dx
 
     def __init__(self, name, in_channels, out_channels, kernel, stride=1, pad=0, init="bilinear", bias=False,
                  learnable=False, rng=None, dtype=np.float32):
@@ -124,22 +157,33 @@ class MaxPool2d(Layer):
         self.kernel, self.stride, self.pad = kernel, stride, pad
 
     def forward(self, x, train=False):
-        out, cache = ops.max_pool2d_forward(x, self.kernel, self.stride, self.pad)
+        forward = fast.max_pool2d_forward if use_fast() else ops.max_pool2d_forward
+        out, cache = forward(x, self.kernel, self.stride, self.pad)
         self._keep(cache, train)
         return out
 
     def backward(self, dout):
-        return ops.max_pool2d_backward(dout, self._cached())
+        backward = fast.max_pool2d_backward if use_fast() else ops.max_pool2d_backward
+        return backward(dout, self._cached())
 
 
 class ReLU(Layer):
+    """max(x, 0). inplace=True (VGG16's ReLUs, each right after a convolution): on the fast path the
+    input x and the incoming gradient are overwritten, so the caller must not need them afterwards."""
+
+    def __init__(self, name, inplace=False):
+        super().__init__(name)
+        self.inplace = inplace
+
     def forward(self, x, train=False):
-        out, mask = ops.relu_forward(x)
-        self._keep(mask, train)
+        inplace = self.inplace and use_fast()
+        out, cache = fast.relu_forward_inplace(x) if inplace else ops.relu_forward(x)
+        self._keep((inplace, cache), train)         # cache: the output (in place) or the mask x > 0
         return out
 
     def backward(self, dout):
-        return ops.relu_backward(dout, self._cached())
+        inplace, cache = self._cached()
+        return fast.relu_backward_inplace(dout, cache) if inplace else ops.relu_backward(dout, cache)
 
 
 class Dropout(Layer):

@@ -57,6 +57,7 @@ def test_reference_scores_full_marks_and_writes_gradescope_json(tmp_path):
 def test_student_version_imports_keeps_the_specification_and_scores_zero(tmp_path):
     target = assignments.make(tmp_path)
     assert not (target / "grade.py").exists() and not (target / "assignments.py").exists()
+    assert not (target / "fast.py").exists()             # the layers must run the student's ops
     with pytest.raises(FileExistsError):
         assignments.make(tmp_path)
     for path in target.rglob("*.py"):
@@ -68,7 +69,8 @@ def test_student_version_imports_keeps_the_specification_and_scores_zero(tmp_pat
                  if isinstance(n, ast.FunctionDef)} for tree in (ref, mine)]
         assert defs[0] == defs[1], module
     # it imports on its own (the student's package, not the reference)
-    code = "import minifcn, minifcn.models, minifcn.ops, minifcn.layers, minifcn.train; print(minifcn.__file__)"
+    code = ("import minifcn, minifcn.models, minifcn.ops, minifcn.layers, minifcn.train; "
+            "assert not minifcn.layers.use_fast(); print(minifcn.__file__)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr

@@ -71,7 +71,7 @@ def close(ours, theirs, what, rtol=1e-4):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_same_scores_and_gradients_as_torch(name):
-    net = randomize(build(name, num_classes=5, backbone="vgg16-tiny", dropout=0), seed=0)
+    net = randomize(build(name, num_classes=5, backbone="vgg16-tiny", dropout=0, learnable_upsampling=True), seed=0)
     rng = np.random.default_rng(100)
     x = rng.standard_normal((2, 3, 37, 23)).astype(np.float32)          # odd, non-square, a batch of 2
     scores = net.forward(x, train=True)

@@ -55,14 +55,14 @@ class VGG16:
             for i in range(1, convs + 1):
                 pad = 100 if (block, i) == (1, 1) else 1
                 self.layers += [Conv2d(f"conv{block}_{i}", c_in, c_out, 3, pad=pad, rng=rng, dtype=dtype),
-                                ReLU(f"relu{block}_{i}")]
+                                ReLU(f"relu{block}_{i}", inplace=True)]
                 c_in = c_out
             self.layers.append(MaxPool2d(f"pool{block}", 2, 2))
             self.channels[f"pool{block}"] = c_out
         f = scaled(FC, width)
-        self.layers += [Conv2d("fc6", c_in, f, 7, rng=rng, dtype=dtype), ReLU("relu6"),
+        self.layers += [Conv2d("fc6", c_in, f, 7, rng=rng, dtype=dtype), ReLU("relu6", inplace=True),
                         Dropout("drop6", dropout, seed=int(rng.integers(2**31))),
-                        Conv2d("fc7", f, f, 1, rng=rng, dtype=dtype), ReLU("relu7"),
+                        Conv2d("fc7", f, f, 1, rng=rng, dtype=dtype), ReLU("relu7", inplace=True),
                         Dropout("drop7", dropout, seed=int(rng.integers(2**31)))]
         self.channels["fc7"] = f
 

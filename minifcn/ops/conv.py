@@ -35,6 +35,18 @@ def _dW_sum(a, cols):
 
 # ----------------------------------------------------------------------------- conv2d
 
+def check_conv2d(x, W, b):
+    """The checks every conv2d forward makes (this one and minifcn.fast's); returns x's array module."""
+    xp = check_inputs("conv2d", x=x, W=W, b=b)
+    check_ndim("conv2d", "x", x, "NCHW")
+    check_ndim("conv2d", "W", W, _W_CONV)
+    if W.shape[1] != x.shape[1]:
+        raise ValueError(f"conv2d: W expects C={W.shape[1]} input channels (W shape {W.shape}) "
+                         f"but x has C={x.shape[1]} (x shape {x.shape})")
+    _check_bias("conv2d", b, W.shape[0])
+    return xp
+
+
 def conv2d_forward(x, W, b=None, stride=1, pad=0, dilation=1):
     """Convolution (cross-correlation) by im2col and one matrix product.
 
@@ -42,14 +54,8 @@ def conv2d_forward(x, W, b=None, stride=1, pad=0, dilation=1):
     OH = floor((H + 2*pad - dilation*(KH-1) - 1) / stride) + 1, likewise OW.
     cache = (x, W, b is not None, stride, pad, dilation): what conv2d_backward unpacks.
     """
-    xp = check_inputs("conv2d", x=x, W=W, b=b)
-    check_ndim("conv2d", "x", x, "NCHW")
-    check_ndim("conv2d", "W", W, _W_CONV)
-    if W.shape[1] != x.shape[1]:
-        raise ValueError(f"conv2d: W expects C={W.shape[1]} input channels (W shape {W.shape}) "
-                         f"but x has C={x.shape[1]} (x shape {x.shape})")
+    xp = check_conv2d(x, W, b)
     F, C, KH, KW = W.shape
-    _check_bias("conv2d", b, F)
     # BEGIN SOLUTION
     N = x.shape[0]
     cols = im2col(x, (KH, KW), stride, pad, dilation, op="conv2d")       # (N, K, P)

@@ -1,0 +1,251 @@
+"""FCN-8s end to end, minifcn against PyTorch: inference and one training step, in one run, one machine.
+
+    python benchmarks/model_speed.py [--device cpu|gpu] [--cases vgg16@500 vgg16-tiny@256]
+                                     [--repeat 3] [--plain] [--profile] [--append]
+
+A training step is forward, the per-pixel loss (sum), backward and an SGD update (momentum 0.99,
+weight decay 5e-4, the bilinear upsampling frozen), batch 1, float32. Each framework runs in its own
+process (started by this script, one after the other), so that each gets the machine to itself and
+its peak memory is its own: max RSS on CPU, the allocator's peak on GPU (TF32 off on both sides,
+timers synchronised, one warm-up step first). Times are the best of --repeat.
+
+--plain times minifcn with its fast paths off (minifcn.fast.ENABLED = False); --profile adds
+minifcn's time per layer (forward and backward of one training step): where the time goes.
+--append adds the table to benchmarks/RESULTS.md with the date, the machine and the command.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def best_of(fn, repeat, sync):
+    fn()
+    sync()                                                  # warm-up
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def inputs(size, num_classes=21):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 3, size, size), dtype=np.float32)
+    labels = rng.integers(0, num_classes, (1, size, size))
+    return x, labels
+
+
+# ----------------------------------------------------------------------------- minifcn
+
+def run_minifcn(backbone, size, device, repeat, plain, profile):
+    import minifcn.fast
+    from minifcn import ops
+    from minifcn.backend import get_xp
+    from minifcn.models import build
+    from minifcn.optim import SGD
+
+    minifcn.fast.ENABLED = not plain
+    xp = get_xp(device)
+    sync, peak = _gpu_meter(xp) if device == "gpu" else (lambda: None, None)
+    net = build("fcn8s", num_classes=21, backbone=backbone, seed=0).to(device)
+    x, labels = (xp.asarray(a) for a in inputs(size))
+    opt = SGD(net.params, lr=1e-10, momentum=0.99, weight_decay=5e-4, frozen=net.frozen)
+
+    def train_step():
+        scores = net.forward(x, train=True)
+        _, dscores = ops.softmax_cross_entropy(scores, labels, reduction="sum")
+        net.backward(dscores)
+        opt.step(net.grads)
+
+    result = {"inference": best_of(lambda: net.forward(x), repeat, sync), "train": best_of(train_step, repeat, sync)}
+    result["peak_mib"] = peak() if peak else _max_rss_mib()
+    if profile:
+        result["profile"] = _layer_profile(net, train_step, sync)
+    return result
+
+
+def _layer_profile(net, train_step, sync):
+    """Seconds per layer and direction in one training step (each layer timed with a sync)."""
+    times = defaultdict(float)
+    for layer in net.layers:
+        for direction in ("forward", "backward"):
+            method = getattr(layer, direction)
+
+            def timed(*args, _method=method, _key=f"{layer.name} {direction}", **kw):
+                t0 = time.perf_counter()
+                out = _method(*args, **kw)
+                sync()
+                times[_key] += time.perf_counter() - t0
+                return out
+            setattr(layer, direction, timed)
+    train_step()
+    return dict(sorted(times.items(), key=lambda kv: -kv[1]))
+
+
+# ----------------------------------------------------------------------------- PyTorch
+
+def run_torch(backbone, size, device, repeat):
+    import torch
+    from minifcn.models import build
+
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    dev = "cuda" if device == "gpu" else "cpu"
+    ref = build("fcn8s", num_classes=21, backbone=backbone, seed=0)
+    params = {k: torch.tensor(np.asarray(v), device=dev, requires_grad=k not in ref.frozen)
+              for k, v in ref.params.items()}
+    offsets = ref.crop_offsets
+    x, labels = (torch.tensor(a, device=dev) for a in inputs(size))
+    F = torch.nn.functional
+
+    def fcn8s(x, train):
+        h, taps = x, {}
+        for name in (layer.name for layer in ref.body.layers):
+            if name.startswith("conv"):
+                h = F.conv2d(h, params[f"{name}.W"], params[f"{name}.b"], padding=100 if name == "conv1_1" else 1)
+            elif name.startswith("relu"):
+                h = F.relu(h, inplace=True)
+            elif name.startswith("pool"):
+                h = taps[name] = F.max_pool2d(h, 2, 2, ceil_mode=True)
+            elif name in ("fc6", "fc7"):
+                h = F.conv2d(h, params[f"{name}.W"], params[f"{name}.b"])
+            else:
+                h = F.dropout(h, 0.5, train)
+
+        def crop(a, name, like):
+            o = offsets[name]
+            return a[:, :, o:o + like.shape[2], o:o + like.shape[3]]
+        up = F.conv_transpose2d(F.conv2d(h, params["score_fr.W"], params["score_fr.b"]), params["upscore2.W"], stride=2)
+        p4 = F.conv2d(taps["pool4"], params["score_pool4.W"], params["score_pool4.b"])
+        up = F.conv_transpose2d(up + crop(p4, "score_pool4c", up), params["upscore_pool4.W"], stride=2)
+        p3 = F.conv2d(taps["pool3"], params["score_pool3.W"], params["score_pool3.b"])
+        up = F.conv_transpose2d(up + crop(p3, "score_pool3c", up), params["upscore8.W"], stride=8)
+        return crop(up, "score", x)
+
+    trainable = [p for p in params.values() if p.requires_grad]
+    opt = torch.optim.SGD(trainable, lr=1e-10, momentum=0.99, weight_decay=5e-4)
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+
+    def inference():
+        with torch.no_grad():
+            fcn8s(x, False)
+
+    def train_step():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(fcn8s(x, True), labels, ignore_index=255, reduction="sum").backward()
+        opt.step()
+
+    if dev == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    result = {"inference": best_of(inference, repeat, sync), "train": best_of(train_step, repeat, sync)}
+    result["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20 if dev == "cuda" else _max_rss_mib()
+    return result
+
+
+# ----------------------------------------------------------------------------- memory meters
+
+def _max_rss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _gpu_meter(cp):
+    """(sync, peak): CuPy's allocator wrapped so that the most memory in use at once is recorded."""
+    pool = cp.get_default_memory_pool()
+    most = [0]
+
+    def malloc(nbytes):
+        mem = pool.malloc(nbytes)
+        most[0] = max(most[0], pool.used_bytes())
+        return mem
+    cp.cuda.set_allocator(malloc)
+    return cp.cuda.Device().synchronize, lambda: most[0] / 2**20
+
+
+# ----------------------------------------------------------------------------- the run
+
+def worker(args):
+    backbone, size = args.case.split("@")
+    if args.worker == "torch":
+        result = run_torch(backbone, int(size), args.device, args.repeat)
+    else:
+        result = run_minifcn(backbone, int(size), args.device, args.repeat, args.plain, args.profile)
+    print("RESULT " + json.dumps(result))
+
+
+def spawn(framework, case, args):
+    cmd = [sys.executable, __file__, "--worker", framework, "--case", case, "--device", args.device,
+           "--repeat", str(args.repeat)] + (["--plain"] if args.plain else []) + (["--profile"] if args.profile else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        print(f"{framework} {case} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    p.add_argument("--cases", nargs="+", default=["vgg16@500", "vgg16-tiny@256"], help="BACKBONE@SIZE")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--plain", action="store_true", help="minifcn with its fast paths off")
+    p.add_argument("--profile", action="store_true", help="minifcn's time per layer")
+    p.add_argument("--append", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    p.add_argument("--worker", choices=["minifcn", "torch"], help=argparse.SUPPRESS)
+    p.add_argument("--case", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        return worker(args)
+    rows = []
+    for case in args.cases:
+        mine, theirs = spawn("minifcn", case, args), spawn("torch", case, args)
+        rows.append((case, mine, theirs))
+        print(_table([rows[-1]]).splitlines()[-1], flush=True)
+        if args.profile and mine:
+            print(_profile(case, mine["profile"]))
+    table = _table(rows)
+    print("\n" + table)
+    if args.append:
+        machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+        header = (f"\n## model_speed, {datetime.date.today()}, {args.device} ({machine}, numpy {np.__version__})\n\n"
+                  f"`python benchmarks/model_speed.py {' '.join(sys.argv[1:])}`\n\n")
+        with open(Path(__file__).with_name("RESULTS.md"), "a") as f:
+            f.write(header + table + "\n")
+
+
+def _table(rows):
+    nan = {"inference": float("nan"), "train": float("nan"), "peak_mib": float("nan")}
+    lines = ["| FCN-8s, batch 1 | minifcn inference s | torch s | ratio | minifcn train step s | torch s | ratio "
+             "| minifcn peak MiB | torch MiB | ratio |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for case, mine, theirs in rows:
+        m, t = mine or nan, theirs or nan
+        cells = [f"{m[k]:.3f} | {t[k]:.3f} | {m[k] / t[k]:.2f}" for k in ("inference", "train")]
+        cells.append(f"{m['peak_mib']:.0f} | {t['peak_mib']:.0f} | {m['peak_mib'] / t['peak_mib']:.2f}")
+        lines.append(f"| {case.replace('@', ' @ ')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _profile(case, times):
+    total = sum(times.values())
+    top = list(times.items())[:12]
+    return "\n".join([f"  {case}: where one training step goes ({total:.2f} s in layers)"] +
+                     [f"    {name:<22} {t:7.3f} s  {100 * t / total:5.1f} %" for name, t in top])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,313 @@
+"""Fast paths: the same ops as minifcn.ops, arranged for speed; the layers use them when ENABLED.
+
+Legend:  N batch, C input channels, H x W input, F filters, KH x KW kernel, OH x OW output,
+         K = C*KH*KW rows of the columns, r output rows in one block.
+
+What makes the plain ops slow is not the arithmetic but the memory around it:
+
+- conv2d builds the whole column matrix (K, OH*OW) at once. For conv1_2 of VGG16 on a 500x500
+  image that is 576 x 698^2 floats, 1.1 GB, written once, read once and handed back to the
+  operating system, which must zero it again next time. Here the columns are built BLOCK floats at
+  a time (a band of r output rows), in one buffer that the matrix product then reads while it is
+  still in cache. The backward goes band by band too: dW collects dout_band @ cols_band.T and the
+  band's dcols go straight back onto the input gradient (col2im of the band).
+- a 1x1 convolution (fc7, the score layers) needs no columns: the input is already the matrix.
+- max pooling 2x2 / stride 2 (every pool of VGG16) is a reshape: the four taps are four views.
+- ReLU after a convolution may overwrite the convolution's output (nobody else reads it) and keep
+  that output as its cache instead of a mask: one pass and no new memory.
+- a frozen transposed convolution (the fixed bilinear upsampling) needs no weight gradient.
+
+Every function here has the signature of its plain twin in minifcn.ops and returns the same cache,
+so a forward of one kind pairs with a backward of the other; tests/test_fast.py holds each to its
+twin. Switch them all off to see (and time) the plain ops:
+
+    import minifcn.fast
+    minifcn.fast.ENABLED = False          # or: with minifcn.fast.disabled(): ...
+
+The student package of minifcn.assignments leaves this file out, so there every layer runs the
+student's own ops.
+"""
+from contextlib import contextmanager
+
+from . import ops
+from .ops.conv import check_conv2d
+from .backend import check_inputs, pair, xp_of
+from .im2col import _geometry, _is_pointwise, im2col
+
+ENABLED = True
+BLOCK = 1 << 21      # floats in one band of columns (8 MiB in float32): stays in cache, long enough for BLAS
+
+
+def keep_freed_memory():
+    """Ask glibc's malloc (Linux) to keep freed memory for the next allocation; returns True if it agreed.
+
+    By default every array over 32 MiB is mapped fresh from the operating system and handed back when
+    freed, and the system zeroes each 4 KiB page again on first touch: a training step of FCN-8s at
+    500x500 allocates gigabytes that way, and on a small machine the page faults cost as much as the
+    arithmetic. With mmap off and trimming off, freed blocks stay in the process and are reused
+    (the process keeps its peak size, as a framework's caching allocator does). Elsewhere: a no-op.
+    """
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+        return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+    except (OSError, AttributeError):
+        return False
+
+
+keep_freed_memory()
+
+
+@contextmanager
+def disabled():
+    """Run the plain ops inside the block (for lessons and comparisons), then restore the switch."""
+    global ENABLED
+    before, ENABLED = ENABLED, False
+    try:
+        yield
+    finally:
+        ENABLED = before
+
+
+# ----------------------------------------------------------------------------- conv2d in bands of rows
+
+def _bands(OH, OW, K, F):
+    """(r0, r) for bands of r output rows whose columns (K, r*OW) hold about BLOCK floats, and at least
+    F columns, so that a band's share of dW (F, K) is never larger than the band itself (fc6)."""
+    rows = max(1, min(OH, max(BLOCK // (K * OW), -(-F // OW))))
+    return [(r0, min(rows, OH - r0)) for r0 in range(0, OH, rows)]
+
+
+def _band_cols(x_pad, buf, r0, r, g):
+    """im2col of output rows [r0, r0 + r) of one padded image x_pad (C, Hp, Wp) -> (K, r*OW), in buf."""
+    KH, KW, sh, sw, dh, dw, OW = g
+    C = x_pad.shape[0]
+    cols = buf[:C * KH * KW * r * OW].reshape(C, KH, KW, r, OW)
+    for i in range(KH):
+        for j in range(KW):
+            y0, x0 = r0 * sh + i * dh, j * dw
+            cols[:, i, j] = x_pad[:, y0:y0 + sh * (r - 1) + 1:sh, x0:x0 + sw * (OW - 1) + 1:sw]
+    return cols.reshape(C * KH * KW, r * OW)
+
+
+def _band_col2im(dcols, dx_pad, r0, r, g):
+    """The adjoint of _band_cols: add dcols (K, r*OW) back onto the padded image gradient dx_pad (C, Hp, Wp)."""
+    KH, KW, sh, sw, dh, dw, OW = g
+    C = dx_pad.shape[0]
+    dcols = dcols.reshape(C, KH, KW, r, OW)
+    for i in range(KH):
+        for j in range(KW):
+            y0, x0 = r0 * sh + i * dh, j * dw
+            dx_pad[:, y0:y0 + sh * (r - 1) + 1:sh, x0:x0 + sw * (OW - 1) + 1:sw] += dcols[:, i, j]
+
+
+def _setup(x_shape, W, stride, pad, dilation):
+    N, C, H, W_, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW = _geometry(x_shape, W.shape[2:], stride, pad, dilation,
+                                                                    "conv2d")
+    return (N, C, H, W_, ph, pw, OH, OW), (KH, KW, sh, sw, dh, dw, OW), _is_pointwise(KH, KW, sh, sw, ph, pw)
+
+
+def conv2d_forward(x, W, b=None, stride=1, pad=0, dilation=1):
+    """ops.conv2d_forward, band by band: x (N, C, H, W), W (F, C, KH, KW) -> out (N, F, OH, OW), cache."""
+    xp = check_conv2d(x, W, b)
+    (N, C, H, W_, ph, pw, OH, OW), g, pointwise = _setup(x.shape, W, stride, pad, dilation)
+    F = W.shape[0]
+    W2 = W.reshape(F, -1)                                                   # (F, K)
+    out = xp.empty((N, F, OH, OW), dtype=x.dtype)
+    if pointwise:
+        for n in range(N):
+            xp.matmul(W2, x[n].reshape(C, H * W_), out=out[n].reshape(F, OH * OW))
+    else:
+        x_pad = xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
+        bands = _bands(OH, OW, W2.shape[1], F)
+        buf = xp.empty(W2.shape[1] * bands[0][1] * OW, dtype=x.dtype)
+        for n in range(N):
+            for r0, r in bands:
+                cols = _band_cols(x_pad[n], buf, r0, r, g)                  # (K, r*OW)
+                xp.matmul(W2, cols, out=out[n, :, r0:r0 + r].reshape(F, r * OW))
+    if b is not None:
+        out += b.reshape(1, F, 1, 1)
+    return out, (x, W, b is not None, stride, pad, dilation)
+
+
+def conv2d_backward(dout, cache, input_grad=True):
+    """ops.conv2d_backward, band by band: dout (N, F, OH, OW) -> dx (N, C, H, W), dW, db.
+
+    input_grad=False skips dx (returns None): the first layer's input is the image, which needs none.
+    """
+    x, W, has_bias, stride, pad, dilation = cache
+    xp = check_inputs("conv2d_backward", dout=dout, W=W)
+    (N, C, H, W_, ph, pw, OH, OW), g, pointwise = _setup(x.shape, W, stride, pad, dilation)
+    F = W.shape[0]
+    W2 = W.reshape(F, -1)                                                   # (F, K)
+    dW = None                                                               # (F, K), summed over images and bands
+    dx_pad = xp.zeros((N, C, H + 2 * ph, W_ + 2 * pw), dtype=dout.dtype) if input_grad else None
+    if pointwise:
+        for n in range(N):
+            d, x2 = dout[n].reshape(F, OH * OW), x[n].reshape(C, H * W_)
+            dW = _add(dW, d @ x2.T)
+            if input_grad:
+                xp.matmul(W2.T, d, out=dx_pad[n].reshape(C, H * W_))
+    else:
+        x_pad = xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
+        bands = _bands(OH, OW, W2.shape[1], F)
+        buf, dbuf = (xp.empty(W2.shape[1] * bands[0][1] * OW, dtype=x.dtype) for _ in range(2))
+        for n in range(N):
+            for r0, r in bands:
+                cols = _band_cols(x_pad[n], buf, r0, r, g)                  # (K, r*OW)
+                d = dout[n, :, r0:r0 + r].reshape(F, r * OW)                # (F, r*OW)
+                dW = _add(dW, d @ cols.T)
+                if input_grad:
+                    dcols = xp.matmul(W2.T, d, out=dbuf[:cols.size].reshape(cols.shape))
+                    _band_col2im(dcols, dx_pad[n], r0, r, g)
+    dx = dx_pad[:, :, ph:ph + H, pw:pw + W_] if input_grad else None
+    db = dout.sum(axis=(0, 2, 3)) if has_bias else None
+    return dx, dW.reshape(W.shape), db
+
+
+def _add(total, term):
+    """total + term, in place after the first term (fc6's dW is 411 MB: no zeros to start from)."""
+    if total is None:
+        return term
+    total += term
+    return total
+
+
+# ----------------------------------------------------------------------------- transposed conv, kernel = m * stride
+
+def _tiled(kernel, stride, pad):
+    """(KH, KW, sh, sw, ph, pw) when each kernel side is a multiple of its stride (all FCN upsampling:
+    k4/s2, k16/s8, k32/s16, k64/s32), else None."""
+    (KH, KW), (sh, sw), (ph, pw) = pair(kernel), pair(stride), pair(pad)
+    return (KH, KW, sh, sw, ph, pw) if KH % sh == 0 and KW % sw == 0 else None
+
+
+def _col2im_tiled(cols, out_shape, g):
+    """col2im for a kernel of m x m' stride-sized tiles: cols (N, C*KH*KW, H*W) -> (N, C, OH, OW).
+
+    Kernel tap (a*s + p, b*s' + q) of input pixel (y, x) lands on output pixel ((y + a)*s + p, (x + b)*s' + q):
+    for one tile (a, b) the s x s' taps of all input pixels fill a (H*s, W*s') picture (a pixel shuffle),
+    which is added at offset (a*s, b*s'). m*m' additions instead of KH*KW.
+    """
+    KH, KW, sh, sw, ph, pw = g
+    N, C, OH, OW = out_shape
+    H, W = (OH + 2 * ph - KH) // sh + 1, (OW + 2 * pw - KW) // sw + 1
+    xp = xp_of(cols)
+    cols = cols.reshape(N, C, KH, KW, H, W)
+    full = xp.zeros((N, C, (H - 1) * sh + KH, (W - 1) * sw + KW), dtype=cols.dtype)
+    for a in range(KH // sh):
+        for b in range(KW // sw):
+            tile = cols[:, :, a * sh:(a + 1) * sh, b * sw:(b + 1) * sw]              # (N, C, s, s', H, W)
+            picture = tile.transpose(0, 1, 4, 2, 5, 3).reshape(N, C, H * sh, W * sw)
+            full[:, :, a * sh:a * sh + H * sh, b * sw:b * sw + W * sw] += picture
+    return full[:, :, ph:ph + OH, pw:pw + OW]
+
+
+def _im2col_tiled(x, g):
+    """The adjoint of _col2im_tiled (im2col with kernel KH x KW, stride s, pad p): (N, C, OH, OW) -> (N, C*KH*KW, H*W)."""
+    KH, KW, sh, sw, ph, pw = g
+    N, C, OH, OW = x.shape
+    H, W = (OH + 2 * ph - KH) // sh + 1, (OW + 2 * pw - KW) // sw + 1
+    xp = xp_of(x)
+    full = xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
+    cols = xp.empty((N, C, KH, KW, H, W), dtype=x.dtype)
+    for a in range(KH // sh):
+        for b in range(KW // sw):
+            picture = full[:, :, a * sh:a * sh + H * sh, b * sw:b * sw + W * sw]     # (N, C, H*s, W*s')
+            tile = picture.reshape(N, C, H, sh, W, sw).transpose(0, 1, 3, 5, 2, 4)
+            cols[:, :, a * sh:(a + 1) * sh, b * sw:(b + 1) * sw] = tile
+    return cols.reshape(N, C * KH * KW, H * W)
+
+
+def conv_transpose2d_forward(x, W, b=None, stride=1, pad=0):
+    """ops.conv_transpose2d_forward; for a kernel that is a multiple of the stride, col2im by tiles."""
+    g = _tiled(W.shape[2:], stride, pad) if getattr(W, "ndim", 0) == 4 else None
+    if g is None or getattr(x, "ndim", 0) != 4 or x.shape[1] != W.shape[0]:
+        return ops.conv_transpose2d_forward(x, W, b, stride, pad)
+    xp = check_inputs("conv_transpose2d", x=x, W=W, b=b)
+    N, C_in, H, W_ = x.shape
+    C_out, KH, KW, sh, sw, ph, pw = W.shape[1], *g
+    OH, OW = (H - 1) * sh - 2 * ph + KH, (W_ - 1) * sw - 2 * pw + KW
+    if OH < 1 or OW < 1 or (b is not None and b.shape != (C_out,)):
+        return ops.conv_transpose2d_forward(x, W, b, stride, pad)        # let the plain op explain
+    cols = xp.matmul(W.reshape(C_in, -1).T, x.reshape(N, C_in, H * W_))  # (N, C_out*KH*KW, H*W)
+    out = _col2im_tiled(cols, (N, C_out, OH, OW), g)
+    if b is not None:
+        out += b.reshape(1, C_out, 1, 1)
+    return out, (x, W, b is not None, stride, pad)
+
+
+def conv_transpose2d_backward(dout, cache, weight_grad=True):
+    """ops.conv_transpose2d_backward (im2col by tiles where the kernel is a multiple of the stride);
+    weight_grad=False skips dW (returns None): the frozen bilinear upsampling needs none."""
+    x, W, has_bias, stride, pad = cache
+    g = _tiled(W.shape[2:], stride, pad)
+    if g is None:
+        dx, dW, db = ops.conv_transpose2d_backward(dout, cache)
+        return dx, dW if weight_grad else None, db
+    xp = check_inputs("conv_transpose2d_backward", dout=dout, W=W)
+    C_in, N = W.shape[0], x.shape[0]
+    dcols = _im2col_tiled(dout, g)                                        # (N, C_out*KH*KW, H*W)
+    dx = xp.matmul(W.reshape(C_in, -1), dcols).reshape(x.shape)           # (N, C_in, H, W)
+    dW = None
+    for n in range(N) if weight_grad else ():
+        dW = _add(dW, x[n].reshape(C_in, -1) @ dcols[n].T)
+    db = dout.sum(axis=(0, 2, 3)) if has_bias else None
+    return dx, None if dW is None else dW.reshape(W.shape), db
+
+
+# ----------------------------------------------------------------------------- max pooling 2x2, stride 2
+
+def _is_2x2(kernel, stride, pad):
+    return pair(kernel) == (2, 2) and pair(stride) == (2, 2) and pair(pad) == (0, 0)
+
+
+def max_pool2d_forward(x, kernel=2, stride=2, pad=0):
+    """ops.max_pool2d_forward; 2x2 windows at stride 2 as four views of one reshape (others: the plain op)."""
+    if not _is_2x2(kernel, stride, pad) or getattr(x, "ndim", 0) != 4:
+        return ops.max_pool2d_forward(x, kernel, stride, pad)
+    xp = check_inputs("max_pool2d", x=x)
+    N, C, H, W = x.shape
+    OH, OW = -(-H // 2), -(-W // 2)                                         # ceil: a last half window is kept
+    if (H, W) != (2 * OH, 2 * OW):                                          # odd: pad with -inf, which never wins
+        x = xp.pad(x, ((0, 0), (0, 0), (0, 2 * OH - H), (0, 2 * OW - W)), constant_values=-xp.inf)
+    win = x.reshape(N, C, OH, 2, OW, 2)
+    taps = [win[:, :, :, i, :, j] for i in (0, 1) for j in (0, 1)]          # tap t = 2i + j, each (N, C, OH, OW)
+    out = xp.maximum(xp.maximum(taps[0], taps[1]), xp.maximum(taps[2], taps[3]))
+    arg = xp.full(out.shape, 3, dtype="int8")                               # which tap won; the first of ties
+    for t in (2, 1, 0):
+        arg[taps[t] == out] = t
+    return out, ((N, C, H, W), arg, (2, 2, 2, 2, 0, 0))
+
+
+def max_pool2d_backward(dout, cache):
+    """ops.max_pool2d_backward; for 2x2 / stride 2 the windows do not overlap, so each tap is one assignment."""
+    x_shape, arg, geometry = cache
+    if geometry != (2, 2, 2, 2, 0, 0):
+        return ops.max_pool2d_backward(dout, cache)
+    xp = check_inputs("max_pool2d_backward", dout=dout)
+    N, C, H, W = x_shape
+    OH, OW = arg.shape[2:]
+    dx = xp.empty((N, C, OH, 2, OW, 2), dtype=dout.dtype)
+    for i in (0, 1):
+        for j in (0, 1):
+            dx[:, :, :, i, :, j] = xp.where(arg == 2 * i + j, dout, 0)
+    return dx.reshape(N, C, 2 * OH, 2 * OW)[:, :, :H, :W]
+
+
+# ----------------------------------------------------------------------------- ReLU in place
+
+def relu_forward_inplace(x):
+    """max(x, 0) written over x; the cache is that output (where it is > 0, so was x). Only for an x
+    that nothing else reads, such as a convolution's fresh output."""
+    xp = check_inputs("relu", x=x)
+    xp.maximum(x, 0, out=x)
+    return x, x
+
+
+def relu_backward_inplace(dout, out):
+    """dout where out > 0, else 0, written over dout (which the caller hands over)."""
+    xp = xp_of(dout)
+    xp.multiply(dout, out > 0, out=dout)
+    return dout

@@ -1,0 +1,168 @@
+"""minifcn.fast against the plain ops it stands in for: same outputs, same caches, same gradients.
+
+The band size is shrunk (fast.BLOCK) so that small tests cut their convolutions into many bands,
+including a last, shorter one.
+"""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from minifcn import fast, ops
+from minifcn.im2col import conv_output_size
+from minifcn.models import build
+from minifcn.ops.pool import pool_output_size
+
+NAMES = ["fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce"]
+
+
+@pytest.fixture(autouse=True)
+def small_bands(monkeypatch):
+    monkeypatch.setattr(fast, "BLOCK", 97)
+
+
+def close(a, b, tol=1e-10):
+    assert a.shape == b.shape and a.dtype == b.dtype
+    np.testing.assert_allclose(a, b, rtol=tol, atol=tol * max(1.0, float(np.abs(b).max(initial=0))))
+
+
+@st.composite
+def conv_cases(draw):
+    k, s, p, d = (draw(st.integers(1, 4)), draw(st.integers(1, 3)), draw(st.integers(0, 3)), draw(st.integers(1, 2)))
+    H, W = draw(st.integers(1, 11)), draw(st.integers(1, 11))
+    if conv_output_size(H, k, s, p, d) < 1 or conv_output_size(W, k, s, p, d) < 1:
+        H = W = d * (k - 1) + 1
+    return (draw(st.integers(1, 2)), draw(st.integers(1, 3)), H, W), draw(st.integers(1, 4)), k, s, p, d
+
+
+@settings(max_examples=60)
+@given(case=conv_cases(), seed=st.integers(0, 2**16))
+def test_conv2d_in_bands_equals_the_plain_op(case, seed):
+    (N, C, H, W), F, k, s, p, d = case
+    rng = np.random.default_rng(seed)
+    x, w, b = rng.standard_normal((N, C, H, W)), rng.standard_normal((F, C, k, k)), rng.standard_normal(F)
+    out, cache = fast.conv2d_forward(x, w, b, s, p, d)
+    want, want_cache = ops.conv2d_forward(x, w, b, s, p, d)
+    close(out, want)
+    dout = rng.standard_normal(out.shape)
+    for got, ref in zip(fast.conv2d_backward(dout, cache), ops.conv2d_backward(dout, want_cache)):
+        close(got, ref)
+    dx, dW, db = fast.conv2d_backward(dout, cache, input_grad=False)
+    assert dx is None
+    close(dW, ops.conv2d_backward(dout, want_cache)[1])
+
+
+def test_conv2d_bands_cover_every_row_once():
+    for OH, OW, K, F in [(1, 1, 1, 1), (698, 698, 576, 64), (16, 16, 25088, 4096), (7, 3, 5, 2)]:
+        bands = fast._bands(OH, OW, K, F)
+        rows = [r0 + i for r0, r in bands for i in range(r)]
+        assert rows == list(range(OH))
+        assert all(r * OW >= min(F, OH * OW) or r0 + r == OH for r0, r in bands)   # a band holds >= F columns
+
+
+@settings(max_examples=60)
+@given(m=st.integers(1, 3), s=st.integers(1, 4), p=st.integers(0, 3), H=st.integers(1, 6), W=st.integers(1, 6),
+       bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_transposed_conv_by_tiles_equals_the_plain_op(m, s, p, H, W, bias, seed):
+    k = m * s
+    if (H - 1) * s - 2 * p + k < 1 or (W - 1) * s - 2 * p + k < 1:
+        p = 0
+    rng = np.random.default_rng(seed)
+    x, w = rng.standard_normal((2, 3, H, W)), rng.standard_normal((3, 2, k, k))
+    b = rng.standard_normal(2) if bias else None
+    assert fast._tiled((k, k), s, p) is not None
+    out, cache = fast.conv_transpose2d_forward(x, w, b, s, p)
+    want, want_cache = ops.conv_transpose2d_forward(x, w, b, s, p)
+    close(out, want)
+    dout = rng.standard_normal(out.shape)
+    got, ref = fast.conv_transpose2d_backward(dout, cache), ops.conv_transpose2d_backward(dout, want_cache)
+    for g, r in zip(got, ref):
+        assert (g is None) == (r is None)
+        if r is not None:
+            close(g, r)
+    dx, dW, _ = fast.conv_transpose2d_backward(dout, cache, weight_grad=False)
+    assert dW is None
+    close(dx, ref[0])
+
+
+def test_transposed_conv_with_a_kernel_not_a_multiple_of_the_stride_takes_the_plain_op():
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((1, 2, 4, 3)), rng.standard_normal((2, 2, 3, 3))
+    assert fast._tiled((3, 3), 2, 0) is None
+    out, cache = fast.conv_transpose2d_forward(x, w, None, 2, 0)
+    close(out, ops.conv_transpose2d_forward(x, w, None, 2, 0)[0])
+    assert fast.conv_transpose2d_backward(out, cache, weight_grad=False)[1] is None
+
+
+@settings(max_examples=60)
+@given(H=st.integers(1, 9), W=st.integers(1, 9), levels=st.integers(1, 4), seed=st.integers(0, 2**16))
+def test_max_pool_2x2_by_reshape_equals_the_plain_op_ties_included(H, W, levels, seed):
+    """Few distinct values, so windows tie often: the first maximum must win, as in the plain op."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, levels, (2, 3, H, W)).astype(np.float32)
+    out, cache = fast.max_pool2d_forward(x)
+    want, want_cache = ops.max_pool2d_forward(x)
+    assert out.shape == (2, 3, pool_output_size(H, 2, 2), pool_output_size(W, 2, 2))
+    np.testing.assert_array_equal(out, want)
+    np.testing.assert_array_equal(cache[1], want_cache[1])                # the same winning taps
+    dout = rng.standard_normal(out.shape).astype(np.float32)
+    np.testing.assert_array_equal(fast.max_pool2d_backward(dout, cache), ops.max_pool2d_backward(dout, want_cache))
+
+
+def test_max_pool_other_windows_take_the_plain_op():
+    x = np.random.default_rng(0).standard_normal((1, 2, 7, 6))
+    out, cache = fast.max_pool2d_forward(x, 3, 2, 1)
+    np.testing.assert_array_equal(out, ops.max_pool2d_forward(x, 3, 2, 1)[0])
+    np.testing.assert_array_equal(fast.max_pool2d_backward(out, cache), ops.max_pool2d_backward(out, cache))
+
+
+def test_relu_in_place_overwrites_its_input_and_its_gradient():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 4, 5))
+    want, mask = ops.relu_forward(x)
+    x_in = x.copy()
+    out, cache = fast.relu_forward_inplace(x_in)
+    assert out is x_in and cache is x_in
+    np.testing.assert_array_equal(out, want)
+    dout = rng.standard_normal(x.shape)
+    d_in = dout.copy()
+    dx = fast.relu_backward_inplace(d_in, cache)
+    assert dx is d_in
+    np.testing.assert_array_equal(dx, ops.relu_backward(dout, mask))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_fcn_is_the_same_with_fast_paths_on_and_off(name):
+    """Scores, dx and every gradient agree; the only difference: the fixed upsampling gets no gradient."""
+    net = build(name, num_classes=4, backbone="vgg16-tiny", width=2, dropout=0, seed=1)
+    rng = np.random.default_rng(0)
+    for k, v in net.params.items():
+        net.params[k] = rng.standard_normal(v.shape) * (0.3 if k.startswith("score") else np.sqrt(2 / v[0].size))
+    x = rng.standard_normal((2, 3, 37, 29))
+    dscores = None
+    results = {}
+    for enabled in (True, False):
+        fast.ENABLED = enabled
+        try:
+            scores = net.forward(x.copy(), train=True)
+            dscores = rng.standard_normal(scores.shape) if dscores is None else dscores
+            dx = net.backward(dscores.copy())
+            results[enabled] = scores, dx, dict(net.grads)
+        finally:
+            fast.ENABLED = True
+    (s1, dx1, g1), (s0, dx0, g0) = results[True], results[False]
+    close(s1, s0, 1e-9)
+    close(dx1, dx0, 1e-9)
+    assert set(g1) == set(g0) - net.frozen and net.frozen
+    for k in g1:
+        close(g1[k], g0[k], 1e-9)
+
+
+def test_disabled_restores_the_switch():
+    assert fast.ENABLED
+    with fast.disabled():
+        assert not fast.ENABLED
+        net = build("fcn32s", num_classes=2, backbone="vgg16-tiny", dropout=0)
+        scores = net.forward(np.zeros((1, 3, 8, 8), np.float32), train=True)
+        net.backward(np.ones_like(scores))
+        assert "upscore.W" in net.grads                     # the plain ops compute every gradient
+    assert fast.ENABLED
