@@ -1,13 +1,17 @@
 """FCN-8s end to end, minifcn against PyTorch: inference and one training step, in one run, one machine.
 
     python benchmarks/model_speed.py [--device cpu|gpu] [--cases vgg16@500 vgg16-tiny@256]
-                                     [--repeat 3] [--plain] [--profile] [--append]
+                                     [--repeat 3] [--plain] [--profile] [--no-train] [--append]
 
 A training step is forward, the per-pixel loss (sum), backward and an SGD update (momentum 0.99,
 weight decay 5e-4, the bilinear upsampling frozen), batch 1, float32. Each framework runs in its own
 process (started by this script, one after the other), so that each gets the machine to itself and
 its peak memory is its own: max RSS on CPU, the allocator's peak on GPU (TF32 off on both sides,
 timers synchronised, one warm-up step first). Times are the best of --repeat.
+
+The last columns give the inference time per pixel of the padded input, (H + 198) x (W + 198),
+which is what every layer sees after conv1_1's 100-pixel pad: run the cases vgg16@256 vgg16@512
+vgg16@1024 with --no-train to see whether cost grows linearly with the pixels.
 
 --plain times minifcn with its fast paths off (minifcn.fast.ENABLED = False); --profile adds
 minifcn's time per layer (forward and backward of one training step): where the time goes.
@@ -52,7 +56,7 @@ def inputs(size, num_classes=21):
 
 # ----------------------------------------------------------------------------- minifcn
 
-def run_minifcn(backbone, size, device, repeat, plain, profile):
+def run_minifcn(backbone, size, device, repeat, plain, profile, train):
     import minifcn.fast
     from minifcn import ops
     from minifcn.backend import get_xp
@@ -72,9 +76,10 @@ def run_minifcn(backbone, size, device, repeat, plain, profile):
         net.backward(dscores)
         opt.step(net.grads)
 
-    result = {"inference": best_of(lambda: net.forward(x), repeat, sync), "train": best_of(train_step, repeat, sync)}
+    result = {"inference": best_of(lambda: net.forward(x), repeat, sync),
+              "train": best_of(train_step, repeat, sync) if train else float("nan")}
     result["peak_mib"] = peak() if peak else _max_rss_mib()
-    if profile:
+    if profile and train:
         result["profile"] = _layer_profile(net, train_step, sync)
     return result
 
@@ -99,7 +104,7 @@ def _layer_profile(net, train_step, sync):
 
 # ----------------------------------------------------------------------------- PyTorch
 
-def run_torch(backbone, size, device, repeat):
+def run_torch(backbone, size, device, repeat, train):
     import torch
     from minifcn.models import build
 
@@ -152,7 +157,8 @@ def run_torch(backbone, size, device, repeat):
 
     if dev == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    result = {"inference": best_of(inference, repeat, sync), "train": best_of(train_step, repeat, sync)}
+    result = {"inference": best_of(inference, repeat, sync),
+              "train": best_of(train_step, repeat, sync) if train else float("nan")}
     result["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20 if dev == "cuda" else _max_rss_mib()
     return result
 
@@ -181,15 +187,16 @@ def _gpu_meter(cp):
 def worker(args):
     backbone, size = args.case.split("@")
     if args.worker == "torch":
-        result = run_torch(backbone, int(size), args.device, args.repeat)
+        result = run_torch(backbone, int(size), args.device, args.repeat, not args.no_train)
     else:
-        result = run_minifcn(backbone, int(size), args.device, args.repeat, args.plain, args.profile)
+        result = run_minifcn(backbone, int(size), args.device, args.repeat, args.plain, args.profile, not args.no_train)
     print("RESULT " + json.dumps(result))
 
 
 def spawn(framework, case, args):
     cmd = [sys.executable, __file__, "--worker", framework, "--case", case, "--device", args.device,
-           "--repeat", str(args.repeat)] + (["--plain"] if args.plain else []) + (["--profile"] if args.profile else [])
+           "--repeat", str(args.repeat)] + [f"--{flag}" for flag in ("plain", "profile", "no-train")
+                                             if getattr(args, flag.replace("-", "_"))]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode or not lines:
@@ -205,6 +212,7 @@ def main():
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--plain", action="store_true", help="minifcn with its fast paths off")
     p.add_argument("--profile", action="store_true", help="minifcn's time per layer")
+    p.add_argument("--no-train", action="store_true", help="time inference only")
     p.add_argument("--append", action="store_true", help="append the table to benchmarks/RESULTS.md")
     p.add_argument("--worker", choices=["minifcn", "torch"], help=argparse.SUPPRESS)
     p.add_argument("--case", help=argparse.SUPPRESS)
@@ -231,11 +239,14 @@ def main():
 def _table(rows):
     nan = {"inference": float("nan"), "train": float("nan"), "peak_mib": float("nan")}
     lines = ["| FCN-8s, batch 1 | minifcn inference s | torch s | ratio | minifcn train step s | torch s | ratio "
-             "| minifcn peak MiB | torch MiB | ratio |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| minifcn peak MiB | torch MiB | ratio | minifcn / torch inference ns per padded pixel |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for case, mine, theirs in rows:
         m, t = mine or nan, theirs or nan
         cells = [f"{m[k]:.3f} | {t[k]:.3f} | {m[k] / t[k]:.2f}" for k in ("inference", "train")]
         cells.append(f"{m['peak_mib']:.0f} | {t['peak_mib']:.0f} | {m['peak_mib'] / t['peak_mib']:.2f}")
+        padded = (int(case.split("@")[1]) + 198) ** 2
+        cells.append(f"{1e9 * m['inference'] / padded:.0f} / {1e9 * t['inference'] / padded:.0f}")
         lines.append(f"| {case.replace('@', ' @ ')} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -1,22 +1,24 @@
 """Each op alone, minifcn against PyTorch, forward and forward+backward, in one run on one machine.
 
-    python benchmarks/ops.py [--device cpu|gpu] [--repeat 3] [--append]
+    python benchmarks/ops.py [--device cpu|gpu] [--repeat 3] [--plain] [--append]
 
 Prints a table of the best of `repeat` timings and the ratio minifcn / PyTorch; --append adds it to
 benchmarks/RESULTS.md with the date, the device and the command. Shapes are those of FCN-8s VGG16
-on a 500x500 image (conv1_1 pads by 100, so the first block sees 698x698).
+on a 500x500 image (conv1_1 pads by 100, so the first block sees 698x698). minifcn runs what its
+layers run: the fast paths of minifcn.fast, or with --plain the plain ops of minifcn.ops.
 """
 import argparse
 import datetime
 import platform
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from minifcn import ops  # noqa: E402
+from minifcn import fast, ops  # noqa: E402
 from minifcn.backend import get_xp  # noqa: E402
 
 CASES = [  # name, kind, x shape, W shape, stride, pad
@@ -45,16 +47,17 @@ def best_of(fn, repeat, sync=lambda: None):
     return min(times)
 
 
-def minifcn_fns(kind, x, W, stride, pad, labels):
+def minifcn_fns(kind, x, W, stride, pad, labels, plain):
+    o = ops if plain else fast
     if kind == "conv":
-        fwd = lambda: ops.conv2d_forward(x, W, None, stride, pad)          # noqa: E731
-        bwd = ops.conv2d_backward
+        fwd = lambda: o.conv2d_forward(x, W, None, stride, pad)            # noqa: E731
+        bwd = o.conv2d_backward
     elif kind == "deconv":
-        fwd = lambda: ops.conv_transpose2d_forward(x, W, None, stride, pad)  # noqa: E731
-        bwd = ops.conv_transpose2d_backward
+        fwd = lambda: o.conv_transpose2d_forward(x, W, None, stride, pad)  # noqa: E731
+        bwd = o.conv_transpose2d_backward
     elif kind == "pool":
-        fwd = lambda: ops.max_pool2d_forward(x, 2, 2)                       # noqa: E731
-        bwd = ops.max_pool2d_backward
+        fwd = lambda: o.max_pool2d_forward(x, 2, 2)                         # noqa: E731
+        bwd = o.max_pool2d_backward
     else:
         fwd = lambda: ops.softmax_cross_entropy(x, labels, reduction="mean")  # noqa: E731
         return fwd, fwd
@@ -65,11 +68,13 @@ def minifcn_fns(kind, x, W, stride, pad, labels):
     return fwd, both
 
 
-def torch_fns(torch, kind, x, W, stride, pad, labels):
+def torch_fns(torch, kind, x, W, stride, pad, labels, device):
     F = torch.nn.functional
-    tx = torch.tensor(np.asarray(x)).requires_grad_()
-    tW = None if W is None else torch.tensor(np.asarray(W)).requires_grad_()
-    tl = None if labels is None else torch.tensor(np.asarray(labels))
+    dev = "cuda" if device == "gpu" else "cpu"
+    as_t = lambda a: torch.as_tensor(np.asarray(a.get() if hasattr(a, "get") else a), device=dev)   # noqa: E731
+    tx = as_t(x).requires_grad_()
+    tW = None if W is None else as_t(W).requires_grad_()
+    tl = None if labels is None else as_t(labels)
     call = {"conv": lambda: F.conv2d(tx, tW, None, stride, pad),
             "deconv": lambda: F.conv_transpose2d(tx, tW, None, stride, pad),
             "pool": lambda: F.max_pool2d(tx, 2, 2, ceil_mode=True),
@@ -85,10 +90,47 @@ def torch_fns(torch, kind, x, W, stride, pad, labels):
     return fwd, both
 
 
+def peak_mib(fn, device, torch=None):
+    """The most memory fn holds at once: NumPy's allocations (tracemalloc sees them), CuPy's pool, or
+    torch's CUDA allocator. None for torch on the CPU, whose allocations no Python tool sees."""
+    if torch is not None:
+        if device != "gpu":
+            return None
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    if device == "gpu":
+        import cupy
+        pool, most = cupy.get_default_memory_pool(), [0]
+        base = pool.used_bytes()
+
+        def malloc(nbytes):
+            mem = pool.malloc(nbytes)
+            most[0] = max(most[0], pool.used_bytes() - base)
+            return mem
+        cupy.cuda.set_allocator(malloc)
+        try:
+            fn()
+            cupy.cuda.Device().synchronize()
+        finally:
+            cupy.cuda.set_allocator(pool.malloc)
+        return most[0] / 2**20
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--plain", action="store_true", help="time the plain ops (minifcn.ops), not minifcn.fast")
     p.add_argument("--append", action="store_true", help="append the table to benchmarks/RESULTS.md")
     args = p.parse_args()
     xp = get_xp(args.device)
@@ -100,17 +142,21 @@ def main():
     if args.device == "gpu" and torch is not None and not torch.cuda.is_available():
         torch = None
     sync = (lambda: xp.cuda.Device().synchronize()) if args.device == "gpu" else (lambda: None)
+    torch_sync = torch.cuda.synchronize if torch is not None and args.device == "gpu" else (lambda: None)
+    if torch is not None:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     rng = np.random.default_rng(0)
     rows = []
     for name, kind, x_shape, W_shape, stride, pad in CASES:
         x = xp.asarray(rng.standard_normal(x_shape, dtype=np.float32))
         W = None if W_shape is None else xp.asarray(rng.standard_normal(W_shape, dtype=np.float32) * 0.01)
         labels = xp.asarray(rng.integers(0, 21, (x_shape[0],) + x_shape[2:])) if kind == "loss" else None
-        mf, mb = minifcn_fns(kind, x, W, stride, pad, labels)
-        row = [name, best_of(mf, args.repeat, sync), best_of(mb, args.repeat, sync)]
-        if torch is not None and args.device == "cpu":
-            tf, tb = torch_fns(torch, kind, x, W, stride, pad, labels)
-            row += [best_of(tf, args.repeat), best_of(tb, args.repeat)]
+        mf, mb = minifcn_fns(kind, x, W, stride, pad, labels, args.plain)
+        row = [name, best_of(mf, args.repeat, sync), best_of(mb, args.repeat, sync), peak_mib(mb, args.device)]
+        if torch is not None:
+            tf, tb = torch_fns(torch, kind, x, W, stride, pad, labels, args.device)
+            row += [best_of(tf, args.repeat, torch_sync), best_of(tb, args.repeat, torch_sync),
+                    peak_mib(tb, args.device, torch)]
         rows.append(row)
         print(_fmt(row), flush=True)
     table = _table(rows)
@@ -118,25 +164,28 @@ def main():
     if args.append:
         header = (f"\n## ops, {datetime.date.today()}, {args.device} ({platform.processor() or platform.machine()}, "
                   f"numpy {np.__version__}{', torch ' + torch.__version__ if torch else ''})\n\n"
-                  f"`python benchmarks/ops.py --device {args.device} --repeat {args.repeat} --append`\n\n")
+                  f"`python benchmarks/ops.py {' '.join(sys.argv[1:])}`\n\n")
         with open(Path(__file__).with_name("RESULTS.md"), "a") as f:
             f.write(header + table + "\n")
 
 
 def _fmt(row):
-    name, mf, mb, *t = row
-    s = f"{name:<28} fwd {mf * 1e3:8.1f} ms  fwd+bwd {mb * 1e3:8.1f} ms"
+    name, mf, mb, mm, *t = row
+    s = f"{name:<28} fwd {mf * 1e3:8.1f} ms  fwd+bwd {mb * 1e3:8.1f} ms  peak {mm:7.0f} MiB"
     if t:
         s += f"   torch {t[0] * 1e3:8.1f} / {t[1] * 1e3:8.1f} ms   ratio {mf / t[0]:5.2f} / {mb / t[1]:5.2f}"
     return s
 
 
 def _table(rows):
-    lines = ["| op | minifcn fwd ms | torch fwd ms | ratio | minifcn fwd+bwd ms | torch fwd+bwd ms | ratio |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for name, mf, mb, *t in rows:
-        tf, tb = t if t else (float("nan"), float("nan"))
-        lines.append(f"| {name} | {mf * 1e3:.1f} | {tf * 1e3:.1f} | {mf / tf:.2f} | {mb * 1e3:.1f} | {tb * 1e3:.1f} | {mb / tb:.2f} |")
+    lines = ["| op | minifcn fwd ms | torch fwd ms | ratio | minifcn fwd+bwd ms | torch fwd+bwd ms | ratio "
+             "| minifcn peak MiB (fwd+bwd) | torch peak MiB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, mf, mb, mm, *t in rows:
+        tf, tb, tm = t if t else (float("nan"), float("nan"), None)
+        torch_mem = "n/a" if tm is None else f"{tm:.0f}"
+        lines.append(f"| {name} | {mf * 1e3:.1f} | {tf * 1e3:.1f} | {mf / tf:.2f} | {mb * 1e3:.1f} | {tb * 1e3:.1f} "
+                     f"| {mb / tb:.2f} | {mm:.0f} | {torch_mem} |")
     return "\n".join(lines)
 
 

@@ -36,6 +36,7 @@ from .im2col import _geometry, _is_pointwise, im2col
 
 ENABLED = True
 BLOCK = 1 << 21      # floats in one band of columns (8 MiB in float32): stays in cache, long enough for BLAS
+GPU_BLOCK = 1 << 26  # on a GPU: bands of 256 MiB, few enough to keep kernel launches rare
 
 
 def keep_freed_memory():
@@ -72,11 +73,15 @@ def disabled():
 
 # ----------------------------------------------------------------------------- conv2d in bands of rows
 
-def _bands(OH, OW, K, F):
-    """(r0, r) for bands of r output rows whose columns (K, r*OW) hold about BLOCK floats, and at least
-    F columns, so that a band's share of dW (F, K) is never larger than the band itself (fc6)."""
-    rows = max(1, min(OH, max(BLOCK // (K * OW), -(-F // OW))))
+def _bands(OH, OW, K, F, block=None):
+    """(r0, r) for bands of r output rows whose columns (K, r*OW) hold about `block` floats (BLOCK), and
+    at least F columns, so that a band's share of dW (F, K) is never larger than the band itself (fc6)."""
+    rows = max(1, min(OH, max((block or BLOCK) // (K * OW), -(-F // OW))))
     return [(r0, min(rows, OH - r0)) for r0 in range(0, OH, rows)]
+
+
+def _block(xp):
+    return BLOCK if xp.__name__ == "numpy" else GPU_BLOCK
 
 
 def _band_cols(x_pad, buf, r0, r, g):
@@ -120,7 +125,7 @@ def conv2d_forward(x, W, b=None, stride=1, pad=0, dilation=1):
             xp.matmul(W2, x[n].reshape(C, H * W_), out=out[n].reshape(F, OH * OW))
     else:
         x_pad = xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
-        bands = _bands(OH, OW, W2.shape[1], F)
+        bands = _bands(OH, OW, W2.shape[1], F, _block(xp))
         buf = xp.empty(W2.shape[1] * bands[0][1] * OW, dtype=x.dtype)
         for n in range(N):
             for r0, r in bands:
@@ -151,7 +156,7 @@ def conv2d_backward(dout, cache, input_grad=True):
                 xp.matmul(W2.T, d, out=dx_pad[n].reshape(C, H * W_))
     else:
         x_pad = xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
-        bands = _bands(OH, OW, W2.shape[1], F)
+        bands = _bands(OH, OW, W2.shape[1], F, _block(xp))
         buf, dbuf = (xp.empty(W2.shape[1] * bands[0][1] * OW, dtype=x.dtype) for _ in range(2))
         for n in range(N):
             for r0, r in bands:

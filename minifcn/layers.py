@@ -90,13 +90,14 @@ class Conv2d(Layer):
         self._keep(cache, train)
         return out
 
-    def backward(self, dout):
+    def backward(self, dout, input_grad=True):
+        """dout -> dx (None if input_grad is False: the first layer's input, the image, needs none)."""
         if use_fast():
-            dx, dW, db = fast.conv2d_backward(dout, self._cached())
+            dx, dW, db = fast.conv2d_backward(dout, self._cached(), input_grad)
         else:
             dx, dW, db = self.op_backward(dout, self._cached())
         self._set_grads(dW, db)
-        return dx
+        return dx if input_grad else None
 
     def _set_grads(self, dW, db):
         if dW is not None:

@@ -201,6 +201,7 @@ def main(argv=None):
     else:
         opt = SGD(net.params, args.lr, args.momentum, args.weight_decay, frozen=net.frozen)
     opt.load_state_dict(velocities, args.device)
+    net.input_grad = False                                          # the images need no gradient
     dropouts = [(i, layer) for i, layer in enumerate(net.layers) if isinstance(layer, Dropout)]
     print(f"{net}\ntraining {args.model} on {args.dataset} ({len(train_set)} train / {len(val_set)} val images) "
           f"for {total} iterations of batch {args.batch_size} on {args.device} ({args.optimizer}, lr {args.lr:g}, "

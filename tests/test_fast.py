@@ -3,13 +3,16 @@
 The band size is shrunk (fast.BLOCK) so that small tests cut their convolutions into many bands,
 including a last, shorter one.
 """
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from minifcn import fast, ops
+from minifcn import fast, ops, train
+from minifcn.backend import gpu_available, to_device, to_numpy
 from minifcn.im2col import conv_output_size
-from minifcn.models import build
+from minifcn.models import build, load
 from minifcn.ops.pool import pool_output_size
 
 NAMES = ["fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce"]
@@ -18,6 +21,15 @@ NAMES = ["fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce"]
 @pytest.fixture(autouse=True)
 def small_bands(monkeypatch):
     monkeypatch.setattr(fast, "BLOCK", 97)
+    monkeypatch.setattr(fast, "GPU_BLOCK", 97)
+
+
+@pytest.fixture
+def cupy():
+    if not gpu_available():
+        pytest.skip("CuPy or a CUDA device is not available")
+    import cupy
+    return cupy
 
 
 def close(a, b, tol=1e-10):
@@ -166,3 +178,83 @@ def test_disabled_restores_the_switch():
         net.backward(np.ones_like(scores))
         assert "upscore.W" in net.grads                     # the plain ops compute every gradient
     assert fast.ENABLED
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_input_grad_off_gives_no_dx_and_the_same_parameter_gradients(enabled, monkeypatch):
+    monkeypatch.setattr(fast, "ENABLED", enabled)
+    net = build("fcn16s", num_classes=3, backbone="vgg16-tiny", dropout=0, seed=2)
+    net.params["score_fr.W"] = np.random.default_rng(0).standard_normal(net.params["score_fr.W"].shape).astype(np.float32)
+    x = np.random.default_rng(1).standard_normal((1, 3, 19, 23)).astype(np.float32)
+    scores = net.forward(x, train=True)
+    dx = net.backward(np.ones_like(scores))
+    want = dict(net.grads)
+    net.input_grad = False
+    net.forward(x, train=True)
+    assert dx is not None and net.backward(np.ones_like(scores)) is None
+    assert set(net.grads) == set(want)
+    for k in want:
+        np.testing.assert_array_equal(net.grads[k], want[k])
+
+
+# ----------------------------------------------------------------------------- on the GPU (pytest -m gpu)
+
+@pytest.mark.gpu
+def test_each_fast_op_on_the_gpu_matches_the_plain_op_on_the_cpu(cupy):
+    rng = np.random.default_rng(0)
+    x, w, b = rng.standard_normal((2, 3, 13, 11)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+    g = lambda a: to_device(a, "gpu")                                                  # noqa: E731
+    out, cache = fast.conv2d_forward(g(x), g(w), g(b), 2, 1)
+    want, want_cache = ops.conv2d_forward(x, w, b, 2, 1)
+    close(to_numpy(out), want)
+    dout = rng.standard_normal(want.shape)
+    for got, ref in zip(fast.conv2d_backward(g(dout), cache), ops.conv2d_backward(dout, want_cache)):
+        close(to_numpy(got), ref)
+    wt = rng.standard_normal((3, 2, 8, 8))
+    out, cache = fast.conv_transpose2d_forward(g(x), g(wt), None, 4, 0)
+    want, want_cache = ops.conv_transpose2d_forward(x, wt, None, 4, 0)
+    close(to_numpy(out), want)
+    dout = rng.standard_normal(want.shape)
+    for got, ref in zip(fast.conv_transpose2d_backward(g(dout), cache)[:2], ops.conv_transpose2d_backward(dout, want_cache)):
+        close(to_numpy(got), ref)
+    xi = rng.integers(0, 3, (2, 3, 9, 8)).astype(np.float32)
+    out, cache = fast.max_pool2d_forward(g(xi))
+    want, want_cache = ops.max_pool2d_forward(xi)
+    np.testing.assert_array_equal(to_numpy(out), want)
+    d = rng.standard_normal(want.shape).astype(np.float32)
+    np.testing.assert_array_equal(to_numpy(fast.max_pool2d_backward(g(d), cache)), ops.max_pool2d_backward(d, want_cache))
+    out, cache = fast.relu_forward_inplace(g(x))
+    close(to_numpy(fast.relu_backward_inplace(g(x), cache)), ops.relu_backward(x, x > 0))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", NAMES)
+def test_each_fcn_on_the_gpu_matches_the_plain_cpu_forward_and_backward(name, cupy):
+    net = build(name, num_classes=4, backbone="vgg16-tiny", width=2, dropout=0, seed=3).astype(np.float64)
+    rng = np.random.default_rng(1)
+    for k, v in net.params.items():
+        net.params[k] = rng.standard_normal(v.shape) * (0.3 if k.startswith("score") else np.sqrt(2 / v[0].size))
+    x = rng.standard_normal((2, 3, 33, 41))
+    with fast.disabled():
+        scores = net.forward(x, train=True)
+        dscores = rng.standard_normal(scores.shape)
+        dx = net.backward(dscores)
+        grads = dict(net.grads)
+    net.to("gpu")
+    gpu_scores = net.forward(to_device(x, "gpu"), train=True)
+    close(to_numpy(gpu_scores), scores, 1e-9)
+    close(to_numpy(net.backward(to_device(dscores, "gpu"))), dx, 1e-9)
+    for k, v in net.grads.items():
+        close(to_numpy(v), grads[k], 1e-9)
+
+
+@pytest.mark.gpu
+def test_a_few_training_iterations_on_the_gpu(tmp_path, cupy):
+    out = tmp_path / "run"
+    rc = train.main(["--device", "gpu", "--iters", "4", "--val-every", "4", "--val-images", "4", "--image-size", "40",
+                     "--batch-size", "2", "--out", str(out)])
+    assert rc == 0
+    losses = [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert losses and all(np.isfinite(losses))
+    net = load(out / "checkpoint.npz")                      # written from the GPU, read on the CPU
+    assert net.device == "cpu" and all(np.isfinite(v).all() for v in net.params.values())

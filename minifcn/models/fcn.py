@@ -111,6 +111,16 @@ class FCN:
                              f"got {tuple(dscore.shape)}")
         return self.cache
 
+    @property
+    def input_grad(self):
+        """Whether backward returns dx for the image (True) or None (False: training needs none, and
+        conv1_1's gradient over its 100-pixel padding is a tenth of a small net's step)."""
+        return self.body.input_grad
+
+    @input_grad.setter
+    def input_grad(self, value):
+        self.body.input_grad = bool(value)
+
     def finish_backward(self, dx):
         """Collect every layer's gradients into net.grads; return dx."""
         self.grads = {k: g for layer in self.layers for k, g in layer.grads.items()}

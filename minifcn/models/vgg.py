@@ -48,6 +48,7 @@ class VGG16:
 
     def __init__(self, width=1.0, dropout=0.5, rng=None, dtype=np.float32):
         rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        self.input_grad = True      # False: backward skips the image's gradient (returns None); training needs none
         self.layers, self.channels = [], {}
         c_in = 3
         for block, convs, channels in BLOCKS:
@@ -84,14 +85,15 @@ class VGG16:
 
         The trunk's gradient flows down layer by layer; at pool4 and pool3 the gradient that came
         back along a skip branch joins it (the pool output fed two consumers, so its gradients add).
+        With self.input_grad False, dx is None: conv1_1 then skips the gradient of its padded input.
         """
         skips = skips or {}
         dout = dfc7
-        for layer in reversed(self.layers):
+        for layer in reversed(self.layers[1:]):
             if layer.name in skips:
                 dout = dout + skips[layer.name]              # trunk + skip branch, both (N, C, ., .)
             dout = layer.backward(dout)
-        return dout
+        return self.layers[0].backward(dout, input_grad=self.input_grad)   # conv1_1: dx is None if not wanted
 
     def graph(self):
         """The body as geometry specs: a chain from the input "data" to drop7."""
