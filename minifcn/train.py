@@ -4,7 +4,7 @@ The bare command trains FCN-8s with the tiny VGG16 body on the built-in shapes d
 
     python -m minifcn.train                                   # under 10 minutes on 2 cores
     python -m minifcn.train --device gpu --backbone vgg16 --dataset voc --data-root VOCdevkit/VOC2012 \\
-        --init vgg16.npz --loss sum --lr 1e-10 --momentum 0.99 --batch-size 1     # the paper's recipe
+        --init vgg16.npz --loss sum --lr 1e-10 --momentum 0.99 --batch-size 1     # the reference's recipe
 
 What one iteration does, in order: take a batch, forward with train=True, the per-pixel softmax
 loss and its gradient, net.backward, one optimiser step (Adam by default with --loss mean, for training
@@ -79,7 +79,7 @@ def parse_args(argv=None):
     if args.optimizer is None:
         args.optimizer = "adam" if args.loss == "mean" else "sgd"
     if args.optimizer == "adam" and args.loss == "sum":
-        p.error("--optimizer adam goes with --loss mean; the sum loss is the paper's recipe, trained with sgd")
+        p.error("--optimizer adam goes with --loss mean; the sum loss is the reference's recipe, trained with sgd")
     if args.lr is None:
         args.lr = 1e-10 if args.loss == "sum" else 2e-3 if args.optimizer == "adam" else 0.01
     if args.momentum is None:
