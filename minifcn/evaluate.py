@@ -61,7 +61,7 @@ def main(argv=None):
     return 0
 
 
-def _trained_image_size(path, default=96):
+def _trained_image_size(path, default=160):
     """The --image-size a training checkpoint was made with (its '__train__' entry), else `default`."""
     with np.load(path, allow_pickle=False) as f:
         if "__train__" not in f.files:

@@ -12,10 +12,12 @@ What makes the plain ops slow is not the arithmetic but the memory around it:
   still in cache. The backward goes band by band too: dW collects dout_band @ cols_band.T and the
   band's dcols go straight back onto the input gradient (col2im of the band).
 - a 1x1 convolution (fc7, the score layers) needs no columns: the input is already the matrix.
-- max pooling 2x2 / stride 2 (every pool of VGG16) is a reshape: the four taps are four views.
+- max pooling 2x2 / stride 2 (every pool of VGG16) is a reshape: the four taps are four views, and
+  at inference the winners (which tap won, for backward) are not computed at all.
 - ReLU after a convolution may overwrite the convolution's output (nobody else reads it) and keep
   that output as its cache instead of a mask: one pass and no new memory.
-- a frozen transposed convolution (the fixed bilinear upsampling) needs no weight gradient.
+- the bilinear upsampling maps each class channel to itself only: K kernels, not a K x K matrix of
+  them (mostly zeros); and while it is frozen it needs no weight gradient.
 
 Every function here has the signature of its plain twin in minifcn.ops and returns the same cache,
 so a forward of one kind pairs with a backward of the other; tests/test_fast.py holds each to its
@@ -233,8 +235,22 @@ def _im2col_tiled(x, g):
     return cols.reshape(N, C * KH * KW, H * W)
 
 
+def _channel_diagonal(W):
+    """W (C, C, KH, KW) that only maps channel c to channel c (the bilinear upsampling) -> its kernels
+    (C, KH*KW); any other W -> None. Such a layer upsamples each channel on its own."""
+    C_in, C_out = W.shape[:2]
+    if C_in != C_out or C_in == 1:
+        return None
+    xp = xp_of(W)
+    kernels = W[xp.arange(C_in), xp.arange(C_in)]                          # (C, KH, KW)
+    if int(xp.count_nonzero(W)) != int(xp.count_nonzero(kernels)):
+        return None
+    return kernels.reshape(C_in, -1)
+
+
 def conv_transpose2d_forward(x, W, b=None, stride=1, pad=0):
-    """ops.conv_transpose2d_forward; for a kernel that is a multiple of the stride, col2im by tiles."""
+    """ops.conv_transpose2d_forward; for a kernel that is a multiple of the stride, col2im by tiles, and
+    for a channel-diagonal W (the bilinear upsampling) one kernel per channel instead of a matrix product."""
     g = _tiled(W.shape[2:], stride, pad) if getattr(W, "ndim", 0) == 4 else None
     if g is None or getattr(x, "ndim", 0) != 4 or x.shape[1] != W.shape[0]:
         return ops.conv_transpose2d_forward(x, W, b, stride, pad)
@@ -244,8 +260,12 @@ def conv_transpose2d_forward(x, W, b=None, stride=1, pad=0):
     OH, OW = (H - 1) * sh - 2 * ph + KH, (W_ - 1) * sw - 2 * pw + KW
     if OH < 1 or OW < 1 or (b is not None and b.shape != (C_out,)):
         return ops.conv_transpose2d_forward(x, W, b, stride, pad)        # let the plain op explain
-    cols = xp.matmul(W.reshape(C_in, -1).T, x.reshape(N, C_in, H * W_))  # (N, C_out*KH*KW, H*W)
-    out = _col2im_tiled(cols, (N, C_out, OH, OW), g)
+    diagonal = _channel_diagonal(W)                                       # (C, KH*KW) or None
+    if diagonal is not None:                                              # each channel on its own: C times less
+        cols = diagonal[None, :, :, None] * x.reshape(N, C_in, 1, H * W_)  # (N, C, KH*KW, H*W)
+    else:
+        cols = xp.matmul(W.reshape(C_in, -1).T, x.reshape(N, C_in, H * W_))  # (N, C_out*KH*KW, H*W)
+    out = _col2im_tiled(cols.reshape(N, -1, H * W_), (N, C_out, OH, OW), g)
     if b is not None:
         out += b.reshape(1, C_out, 1, 1)
     return out, (x, W, b is not None, stride, pad)
@@ -262,7 +282,11 @@ def conv_transpose2d_backward(dout, cache, weight_grad=True):
     xp = check_inputs("conv_transpose2d_backward", dout=dout, W=W)
     C_in, N = W.shape[0], x.shape[0]
     dcols = _im2col_tiled(dout, g)                                        # (N, C_out*KH*KW, H*W)
-    dx = xp.matmul(W.reshape(C_in, -1), dcols).reshape(x.shape)           # (N, C_in, H, W)
+    diagonal = _channel_diagonal(W)
+    if diagonal is not None:                                              # (C, 1, KH*KW) @ (N, C, KH*KW, H*W)
+        dx = xp.matmul(diagonal[:, None, :], dcols.reshape(N, C_in, -1, dcols.shape[-1])).reshape(x.shape)
+    else:
+        dx = xp.matmul(W.reshape(C_in, -1), dcols).reshape(x.shape)       # (N, C_in, H, W)
     dW = None
     for n in range(N) if weight_grad else ():
         dW = _add(dW, x[n].reshape(C_in, -1) @ dcols[n].T)
@@ -276,8 +300,9 @@ def _is_2x2(kernel, stride, pad):
     return pair(kernel) == (2, 2) and pair(stride) == (2, 2) and pair(pad) == (0, 0)
 
 
-def max_pool2d_forward(x, kernel=2, stride=2, pad=0):
-    """ops.max_pool2d_forward; 2x2 windows at stride 2 as four views of one reshape (others: the plain op)."""
+def max_pool2d_forward(x, kernel=2, stride=2, pad=0, train=True):
+    """ops.max_pool2d_forward; 2x2 windows at stride 2 by halves: the larger of each pair of rows, then of
+    each pair of columns (others: the plain op). train=False skips the winners (the cache is None)."""
     if not _is_2x2(kernel, stride, pad) or getattr(x, "ndim", 0) != 4:
         return ops.max_pool2d_forward(x, kernel, stride, pad)
     xp = check_inputs("max_pool2d", x=x)
@@ -285,12 +310,15 @@ def max_pool2d_forward(x, kernel=2, stride=2, pad=0):
     OH, OW = -(-H // 2), -(-W // 2)                                         # ceil: a last half window is kept
     if (H, W) != (2 * OH, 2 * OW):                                          # odd: pad with -inf, which never wins
         x = xp.pad(x, ((0, 0), (0, 0), (0, 2 * OH - H), (0, 2 * OW - W)), constant_values=-xp.inf)
-    win = x.reshape(N, C, OH, 2, OW, 2)
-    taps = [win[:, :, :, i, :, j] for i in (0, 1) for j in (0, 1)]          # tap t = 2i + j, each (N, C, OH, OW)
-    out = xp.maximum(xp.maximum(taps[0], taps[1]), xp.maximum(taps[2], taps[3]))
-    arg = xp.full(out.shape, 3, dtype="int8")                               # which tap won; the first of ties
-    for t in (2, 1, 0):
-        arg[taps[t] == out] = t
+    pairs = x.reshape(N, C, OH, 2, 2 * OW)                                  # rows 2i and 2i + 1, side by side
+    rows = xp.maximum(pairs[:, :, :, 0], pairs[:, :, :, 1])                 # (N, C, OH, 2*OW), contiguous reads
+    out = xp.maximum(rows[..., 0::2], rows[..., 1::2])                      # (N, C, OH, OW)
+    if not train:
+        return out, None
+    a, b = pairs[:, :, :, 0, 0::2], pairs[:, :, :, 0, 1::2]                 # taps t = 0, 1 (top row), 2, 3 (bottom)
+    c = pairs[:, :, :, 1, 0::2]
+    i8 = xp.int8
+    arg = xp.where(a == out, i8(0), xp.where(b == out, i8(1), xp.where(c == out, i8(2), i8(3))))   # the first max
     return out, ((N, C, H, W), arg, (2, 2, 2, 2, 0, 0))
 
 

@@ -158,8 +158,10 @@ class MaxPool2d(Layer):
         self.kernel, self.stride, self.pad = kernel, stride, pad
 
     def forward(self, x, train=False):
-        forward = fast.max_pool2d_forward if use_fast() else ops.max_pool2d_forward
-        out, cache = forward(x, self.kernel, self.stride, self.pad)
+        if use_fast():
+            out, cache = fast.max_pool2d_forward(x, self.kernel, self.stride, self.pad, train)
+        else:
+            out, cache = ops.max_pool2d_forward(x, self.kernel, self.stride, self.pad)
         self._keep(cache, train)
         return out
 

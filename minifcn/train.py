@@ -36,6 +36,12 @@ from .optim import SGD, Adam, learning_rate
 from .viz import plot_curves
 
 
+# The bare command's budget: FCN-8s, vgg16-tiny, 160x160 shapes, batch 2, Adam 2e-3 with the poly schedule.
+# Measured on 2 CPU cores (benchmarks/train_shapes.py): under 10 minutes. Larger images in small batches
+# beat many small images here: conv1_1's 100-pixel pad costs the same for every image, whatever its size.
+DEFAULT_ITERS = 3200
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m minifcn.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,15 +54,15 @@ def parse_args(argv=None):
     p.add_argument("--train-split", default="train")
     p.add_argument("--val-split", default="val")
     p.add_argument("--num-classes", type=int, default=None, help="default: the dataset's")
-    p.add_argument("--image-size", type=int, default=96, help="shapes: generated image size")
+    p.add_argument("--image-size", type=int, default=160, help="shapes: generated image size")
     p.add_argument("--crop-size", type=int, default=None,
                    help="random crop/pad to this size (needed for batches > 1 of images of different sizes)")
     p.add_argument("--init", default=None, help="weights to start from: a VGG16 .npz (python -m minifcn.convert) "
                                                 "or the coarser FCN's checkpoint (net surgery)")
     p.add_argument("--resume", default=None, help="a checkpoint.npz of this command to continue exactly")
-    p.add_argument("--iters", type=int, default=None, help="iterations to train (default 700)")
+    p.add_argument("--iters", type=int, default=None, help=f"iterations to train (default {DEFAULT_ITERS})")
     p.add_argument("--epochs", type=float, default=None, help="alternatively, passes over the training split")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--loss", default="mean", choices=["sum", "mean"],
                    help="mean over labelled pixels (lr ~1e-4..1e-2) or the reference's sum (lr ~1e-10)")
     p.add_argument("--optimizer", default=None, choices=["sgd", "adam"],
@@ -70,9 +76,9 @@ def parse_args(argv=None):
     p.add_argument("--dropout", type=float, default=0.5)
     p.add_argument("--learnable-upsampling", action="store_true")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-every", type=int, default=250)
+    p.add_argument("--val-every", type=int, default=1000)
     p.add_argument("--val-images", type=int, default=None, help="validate on the first N images only")
-    p.add_argument("--checkpoint-every", type=int, default=250)
+    p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--out", default="runs/train", help="output folder")
     args = p.parse_args(argv)
@@ -193,7 +199,7 @@ def main(argv=None):
         open(log_path, "w").close()
         if net.init_report is not None:
             print(net.init_report, file=sys.stderr)
-    total = args.iters or (int(math.ceil(args.epochs * len(train_set) / args.batch_size)) if args.epochs else 700)
+    total = args.iters or (int(math.ceil(args.epochs * len(train_set) / args.batch_size)) if args.epochs else DEFAULT_ITERS)
 
     if args.optimizer == "adam":
         opt = Adam(net.params, args.lr, betas=(args.momentum, 0.999), weight_decay=args.weight_decay,

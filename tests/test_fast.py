@@ -258,3 +258,29 @@ def test_a_few_training_iterations_on_the_gpu(tmp_path, cupy):
     assert losses and all(np.isfinite(losses))
     net = load(out / "checkpoint.npz")                      # written from the GPU, read on the CPU
     assert net.device == "cpu" and all(np.isfinite(v).all() for v in net.params.values())
+
+
+def test_channel_diagonal_upsampling_equals_the_plain_op():
+    """The bilinear weight maps channel c to c only: the per-channel path must give the plain op's results,
+    and a single off-diagonal entry must send the op back to the matrix product."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 4, 5, 3))
+    w = ops.bilinear_weight(4, 16, np.float64) * rng.uniform(0.5, 2, (4, 1, 1, 1))
+    assert fast._channel_diagonal(w) is not None
+    for weight in (w, w + np.eye(4)[::-1][:, :, None, None] * 0.1):            # diagonal, then not
+        out, cache = fast.conv_transpose2d_forward(x, weight, None, 8, 0)
+        want, want_cache = ops.conv_transpose2d_forward(x, weight, None, 8, 0)
+        close(out, want)
+        dout = rng.standard_normal(out.shape)
+        for got, ref in zip(fast.conv_transpose2d_backward(dout, cache), ops.conv_transpose2d_backward(dout, want_cache)):
+            assert (got is None) == (ref is None)
+            if ref is not None:
+                close(got, ref)
+    assert fast._channel_diagonal(w + np.eye(4)[::-1][:, :, None, None] * 0.1) is None
+
+
+def test_max_pool_at_inference_keeps_no_winners():
+    x = np.random.default_rng(0).standard_normal((1, 2, 7, 6)).astype(np.float32)
+    out, cache = fast.max_pool2d_forward(x, train=False)
+    assert cache is None
+    np.testing.assert_array_equal(out, ops.max_pool2d_forward(x)[0])
