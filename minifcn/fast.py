@@ -1,7 +1,7 @@
 """Fast paths: the same ops as minifcn.ops, arranged for speed; the layers use them when ENABLED.
 
 Legend:  N batch, C input channels, H x W input, F filters, KH x KW kernel, OH x OW output,
-         K = C*KH*KW rows of the columns, r output rows in one block.
+         K = C*KH*KW rows of the columns, r output rows in one band.
 
 What makes the plain ops slow is not the arithmetic but the memory around it:
 
@@ -18,6 +18,8 @@ What makes the plain ops slow is not the arithmetic but the memory around it:
   that output as its cache instead of a mask: one pass and no new memory.
 - the bilinear upsampling maps each class channel to itself only: K kernels, not a K x K matrix of
   them (mostly zeros); and while it is frozen it needs no weight gradient.
+- freed memory stays in the process for the next array (keep_freed_memory, below), instead of going
+  back to the operating system after every layer.
 
 Every function here has the signature of its plain twin in minifcn.ops and returns the same cache,
 so a forward of one kind pairs with a backward of the other; tests/test_fast.py holds each to its
