@@ -5,7 +5,7 @@ Two ways of counting, both printed:
   counted   the bytes of the arrays themselves. Parameters (plus as many bytes of gradients in
             training) and, for training, the activations that forward(x, train=True) keeps for
             backward: every array in every layer's cache, each underlying buffer once (a conv keeps
-            its input, which is the ReLU output before it; a ReLU keeps a 1-byte mask; a max pool
+            its input, which is the ReLU output before it; an in-place ReLU keeps that same output; a max pool
             keeps a 1-byte argmax). Inference keeps nothing between layers.
   measured  tracemalloc's peak while the pass runs (NumPy reports its array buffers to tracemalloc),
             on top of the parameters. This adds what only lives inside a layer: the im2col columns
@@ -14,12 +14,15 @@ Two ways of counting, both printed:
 Usage:  python benchmarks/model_memory.py [--arch fcn8s] [--backbone vgg16] [--size 500] [--count-only]
 """
 import argparse
+import sys
 import time
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 
-from minifcn.models import build
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from minifcn.models import build  # noqa: E402
 
 MB = 1024 ** 2
 
