@@ -33,18 +33,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def best_of(fn, repeat, sync):
-    fn()
-    sync()                                                  # warm-up
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+from timing import best_of, watch_cupy_peak  # noqa: E402  (benchmarks/timing.py)
 
 
 def inputs(size, num_classes=21):
@@ -65,7 +54,7 @@ def run_minifcn(backbone, size, device, repeat, plain, profile, train):
 
     minifcn.fast.ENABLED = not plain
     xp = get_xp(device)
-    sync, peak = _gpu_meter(xp) if device == "gpu" else (lambda: None, None)
+    sync, peak = (xp.cuda.Device().synchronize, watch_cupy_peak(xp)[0]) if device == "gpu" else (lambda: None, None)
     net = build("fcn8s", num_classes=21, backbone=backbone, seed=0).to(device)
     x, labels = (xp.asarray(a) for a in inputs(size))
     opt = SGD(net.params, lr=1e-10, momentum=0.99, weight_decay=5e-4, frozen=net.frozen)
@@ -167,19 +156,6 @@ def run_torch(backbone, size, device, repeat, train):
 
 def _max_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _gpu_meter(cp):
-    """(sync, peak): CuPy's allocator wrapped so that the most memory in use at once is recorded."""
-    pool = cp.get_default_memory_pool()
-    most = [0]
-
-    def malloc(nbytes):
-        mem = pool.malloc(nbytes)
-        most[0] = max(most[0], pool.used_bytes())
-        return mem
-    cp.cuda.set_allocator(malloc)
-    return cp.cuda.Device().synchronize, lambda: most[0] / 2**20
 
 
 # ----------------------------------------------------------------------------- the run

@@ -11,7 +11,6 @@ import argparse
 import datetime
 import platform
 import sys
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from minifcn import fast, ops  # noqa: E402
 from minifcn.backend import get_xp  # noqa: E402
+from timing import best_of, watch_cupy_peak  # noqa: E402  (benchmarks/timing.py)
 
 CASES = [  # name, kind, x shape, W shape, stride, pad
     ("conv3x3 64->64 @349", "conv", (1, 64, 349, 349), (64, 64, 3, 3), 1, 1),
@@ -33,18 +33,6 @@ CASES = [  # name, kind, x shape, W shape, stride, pad
     ("pool 2x2 64ch @698", "pool", (1, 64, 698, 698), None, 2, 0),
     ("loss 21 classes @500", "loss", (1, 21, 500, 500), None, None, None),
 ]
-
-
-def best_of(fn, repeat, sync=lambda: None):
-    fn()
-    sync()          # warm-up
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def minifcn_fns(kind, x, W, stride, pad, labels, plain):
@@ -104,20 +92,13 @@ def peak_mib(fn, device, torch=None):
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     if device == "gpu":
         import cupy
-        pool, most = cupy.get_default_memory_pool(), [0]
-        base = pool.used_bytes()
-
-        def malloc(nbytes):
-            mem = pool.malloc(nbytes)
-            most[0] = max(most[0], pool.used_bytes() - base)
-            return mem
-        cupy.cuda.set_allocator(malloc)
+        peak, restore = watch_cupy_peak(cupy)
         try:
             fn()
             cupy.cuda.Device().synchronize()
         finally:
-            cupy.cuda.set_allocator(pool.malloc)
-        return most[0] / 2**20
+            restore()
+        return peak()
     tracemalloc.start()
     try:
         fn()
