@@ -104,6 +104,7 @@ class Conv2d(Layer):
         return dx if input_grad else None
 
     def _set_grads(self, dW, db):
+        self.grads = {}                         # a gradient left out (a frozen weight on the fast path) is not kept
         if dW is not None:
             self.grads[f"{self.name}.W"] = dW
         if db is not None:
@@ -121,21 +122,6 @@ class ConvTranspose2d(Conv2d):
     op_forward = staticmethod(ops.conv_transpose2d_forward)
     op_backward = staticmethod(ops.conv_transpose2d_backward)
 
-    def forward(self, x, train=False):
-        forward = fast.conv_transpose2d_forward if use_fast() else self.op_forward
-        out, cache = forward(x, self.W, self.b, self.stride, self.pad)
-        self._keep(cache, train)
-        return out
-
-    def backward(self, dout):
-        if use_fast():
-            weight_grad = f"{self.name}.W" not in self.frozen
-            dx, dW, db = fast.conv_transpose2d_backward(dout, self._cached(), weight_grad)
-        else:
-            dx, dW, db = self.op_backward(dout, self._cached())
-        self._set_grads(dW, db)
-        return dx
-
     def __init__(self, name, in_channels, out_channels, kernel, stride=1, pad=0, init="bilinear", bias=False,
                  learnable=False, rng=None, dtype=np.float32):
         Layer.__init__(self, name)
@@ -152,6 +138,21 @@ class ConvTranspose2d(Conv2d):
             self.params[f"{name}.b"] = np.zeros(out_channels, dtype)
         if not learnable:
             self.frozen = set(self.params)
+
+    def forward(self, x, train=False):
+        forward = fast.conv_transpose2d_forward if use_fast() else self.op_forward
+        out, cache = forward(x, self.W, self.b, self.stride, self.pad)
+        self._keep(cache, train)
+        return out
+
+    def backward(self, dout):
+        if use_fast():
+            weight_grad = f"{self.name}.W" not in self.frozen
+            dx, dW, db = fast.conv_transpose2d_backward(dout, self._cached(), weight_grad)
+        else:
+            dx, dW, db = self.op_backward(dout, self._cached())
+        self._set_grads(dW, db)
+        return dx
 
 
 class MaxPool2d(Layer):

@@ -284,3 +284,13 @@ def test_max_pool_at_inference_keeps_no_winners():
     out, cache = fast.max_pool2d_forward(x, train=False)
     assert cache is None
     np.testing.assert_array_equal(out, ops.max_pool2d_forward(x)[0])
+
+
+def test_a_frozen_gradient_from_a_plain_pass_does_not_linger_after_a_fast_one():
+    net = build("fcn32s", num_classes=2, backbone="vgg16-tiny", dropout=0)
+    x = np.zeros((1, 3, 8, 8), np.float32)
+    with fast.disabled():
+        net.backward(np.ones_like(net.forward(x, train=True)))
+    assert "upscore.W" in net.grads
+    net.backward(np.ones_like(net.forward(x, train=True)))
+    assert "upscore.W" not in net.grads
