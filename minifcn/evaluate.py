@@ -18,7 +18,7 @@ from PIL import Image
 from . import models
 from .data import get_dataset
 from .metrics import format_table
-from .train import evaluate
+from .train import DEFAULT_IMAGE_SIZE, evaluate
 from .viz import tiles
 
 
@@ -30,7 +30,8 @@ def main(argv=None):
     p.add_argument("--data-root", default=None)
     p.add_argument("--split", default="val")
     p.add_argument("--image-size", type=int, default=None,
-                   help="shapes: generated image size (default: the one the checkpoint was trained at, else 96)")
+                   help="shapes: generated image size (default: the one the checkpoint was trained at, else "
+                        f"{DEFAULT_IMAGE_SIZE}, train's default)")
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     p.add_argument("--save-vis", default=None, metavar="DIR", help="write image | truth | prediction tiles here")
@@ -61,7 +62,7 @@ def main(argv=None):
     return 0
 
 
-def _trained_image_size(path, default=160):
+def _trained_image_size(path, default=DEFAULT_IMAGE_SIZE):
     """The --image-size a training checkpoint was made with (its '__train__' entry), else `default`."""
     with np.load(path, allow_pickle=False) as f:
         if "__train__" not in f.files:

@@ -125,6 +125,14 @@ def _setup(x_shape, W, stride, pad, dilation):
     return (N, C, H, W_, ph, pw, OH, OW), (KH, KW, sh, sw, dh, dw, OW), _is_pointwise(KH, KW, sh, sw, ph, pw)
 
 
+def _padded_bands(x, F, K, OH, OW, ph, pw):
+    """What both passes need for the bands: x padded, the bands, and one buffer that holds a band's columns."""
+    xp = xp_of(x)
+    x_pad = xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
+    bands = _bands(OH, OW, K, F, _block(xp))
+    return x_pad, bands, xp.empty(K * bands[0][1] * OW, dtype=x.dtype)
+
+
 def conv2d_forward(x, W, b=None, stride=1, pad=0, dilation=1):
     """ops.conv2d_forward, band by band: x (N, C, H, W), W (F, C, KH, KW) -> out (N, F, OH, OW), cache."""
     xp = check_conv2d(x, W, b)
@@ -136,9 +144,7 @@ def conv2d_forward(x, W, b=None, stride=1, pad=0, dilation=1):
         for n in range(N):
             xp.matmul(W2, x[n].reshape(C, H * W_), out=out[n].reshape(F, OH * OW))
     else:
-        x_pad = xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
-        bands = _bands(OH, OW, W2.shape[1], F, _block(xp))
-        buf = xp.empty(W2.shape[1] * bands[0][1] * OW, dtype=x.dtype)
+        x_pad, bands, buf = _padded_bands(x, F, W2.shape[1], OH, OW, ph, pw)
         for n in range(N):
             for r0, r in bands:
                 cols = _band_cols(x_pad[n], buf, r0, r, g)                  # (K, r*OW)
@@ -167,9 +173,8 @@ def conv2d_backward(dout, cache, input_grad=True):
             if input_grad:
                 xp.matmul(W2.T, d, out=dx_pad[n].reshape(C, H * W_))
     else:
-        x_pad = xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
-        bands = _bands(OH, OW, W2.shape[1], F, _block(xp))
-        buf, dbuf = (xp.empty(W2.shape[1] * bands[0][1] * OW, dtype=x.dtype) for _ in range(2))
+        x_pad, bands, buf = _padded_bands(x, F, W2.shape[1], OH, OW, ph, pw)
+        dbuf = xp.empty_like(buf)
         for n in range(N):
             for r0, r in bands:
                 cols = _band_cols(x_pad[n], buf, r0, r, g)                  # (K, r*OW)

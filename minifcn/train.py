@@ -40,6 +40,7 @@ from .viz import plot_curves
 # Measured on 2 CPU cores (benchmarks/train_shapes.py): under 10 minutes. Larger images in small batches
 # beat many small images here: conv1_1's 100-pixel pad costs the same for every image, whatever its size.
 DEFAULT_ITERS = 3200
+DEFAULT_IMAGE_SIZE = 160
 
 
 def parse_args(argv=None):
@@ -54,7 +55,7 @@ def parse_args(argv=None):
     p.add_argument("--train-split", default="train")
     p.add_argument("--val-split", default="val")
     p.add_argument("--num-classes", type=int, default=None, help="default: the dataset's")
-    p.add_argument("--image-size", type=int, default=160, help="shapes: generated image size")
+    p.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE, help="shapes: generated image size")
     p.add_argument("--crop-size", type=int, default=None,
                    help="random crop/pad to this size (needed for batches > 1 of images of different sizes)")
     p.add_argument("--init", default=None, help="weights to start from: a VGG16 .npz (python -m minifcn.convert) "
