@@ -255,6 +255,46 @@ def _channel_diagonal(W):
     return kernels.reshape(C_in, -1)
 
 
+def _upsample_diagonal(x, kernels, out_shape, g):
+    """A channel-diagonal transposed convolution, tile by tile, with no columns: x (N, C, H, W) and one
+    kernel per channel, kernels (C, KH, KW) -> (N, C, OH, OW).
+
+    Tile (a, b) of the kernel, k_ab (C, s, s'), paints s x s' output pixels for every input pixel: the
+    picture x[n, c, y, x] * k_ab[c, p, q] laid out as (N, C, H, s, W, s') is already the (H*s, W*s')
+    image, so it is added at offset (a*s, b*s') as it is: no transpose, unlike the columns of _col2im_tiled.
+    """
+    KH, KW, sh, sw, ph, pw = g
+    N, C, OH, OW = out_shape
+    H, W = x.shape[2:]
+    xp = xp_of(x)
+    full = xp.zeros((N, C, (H - 1) * sh + KH, (W - 1) * sw + KW), dtype=x.dtype)
+    picture = xp.empty((N, C, H, sh, W, sw), dtype=x.dtype)
+    x6 = x[:, :, :, None, :, None]                                                   # (N, C, H, 1, W, 1)
+    for a in range(KH // sh):
+        for b in range(KW // sw):
+            k = kernels[None, :, None, a * sh:(a + 1) * sh, None, b * sw:(b + 1) * sw]   # (1, C, 1, s, 1, s')
+            xp.multiply(x6, k, out=picture)
+            full[:, :, a * sh:a * sh + H * sh, b * sw:b * sw + W * sw] += picture.reshape(N, C, H * sh, W * sw)
+    return full[:, :, ph:ph + OH, pw:pw + OW]
+
+
+def _upsample_diagonal_backward(dout, kernels, x_shape, g):
+    """The adjoint of _upsample_diagonal: dout (N, C, OH, OW) -> dx (N, C, H, W), tile by tile: each
+    input pixel collects its s x s' output pixels of tile (a, b), weighted by k_ab. The sum over q is a
+    matrix-vector product per row of the picture (BLAS), the sum over p a plain sum."""
+    KH, KW, sh, sw, ph, pw = g
+    N, C, H, W = x_shape
+    xp = xp_of(dout)
+    full = xp.pad(dout, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else dout
+    dx = xp.zeros(x_shape, dtype=dout.dtype)
+    for a in range(KH // sh):
+        for b in range(KW // sw):
+            k = kernels[None, :, None, a * sh:(a + 1) * sh, b * sw:(b + 1) * sw, None]   # (1, C, 1, s, s', 1)
+            picture = full[:, :, a * sh:a * sh + H * sh, b * sw:b * sw + W * sw].reshape(N, C, H, sh, W, sw)
+            dx += xp.matmul(picture, k)[..., 0].sum(axis=3)                            # (N, C, H, s, W) -> (N, C, H, W)
+    return dx
+
+
 def conv_transpose2d_forward(x, W, b=None, stride=1, pad=0):
     """ops.conv_transpose2d_forward; for a kernel that is a multiple of the stride, col2im by tiles, and
     for a channel-diagonal W (the bilinear upsampling) one kernel per channel instead of a matrix product."""
@@ -269,10 +309,10 @@ def conv_transpose2d_forward(x, W, b=None, stride=1, pad=0):
         return ops.conv_transpose2d_forward(x, W, b, stride, pad)        # let the plain op explain
     diagonal = _channel_diagonal(W)                                       # (C, KH*KW) or None
     if diagonal is not None:                                              # each channel on its own: C times less
-        cols = diagonal[None, :, :, None] * x.reshape(N, C_in, 1, H * W_)  # (N, C, KH*KW, H*W)
+        out = _upsample_diagonal(x, diagonal.reshape(C_in, KH, KW), (N, C_out, OH, OW), g)
     else:
         cols = xp.matmul(W.reshape(C_in, -1).T, x.reshape(N, C_in, H * W_))  # (N, C_out*KH*KW, H*W)
-    out = _col2im_tiled(cols.reshape(N, -1, H * W_), (N, C_out, OH, OW), g)
+        out = _col2im_tiled(cols, (N, C_out, OH, OW), g)
     if b is not None:
         out += b.reshape(1, C_out, 1, 1)
     return out, (x, W, b is not None, stride, pad)
@@ -288,8 +328,11 @@ def conv_transpose2d_backward(dout, cache, weight_grad=True):
         return dx, dW if weight_grad else None, db
     xp = check_inputs("conv_transpose2d_backward", dout=dout, W=W)
     C_in, N = W.shape[0], x.shape[0]
-    dcols = _im2col_tiled(dout, g)                                        # (N, C_out*KH*KW, H*W)
     diagonal = _channel_diagonal(W)
+    if diagonal is not None and not weight_grad:                          # frozen bilinear: no columns at all
+        dx = _upsample_diagonal_backward(dout, diagonal.reshape(W.shape[0], *W.shape[2:]), x.shape, g)
+        return dx, None, dout.sum(axis=(0, 2, 3)) if has_bias else None
+    dcols = _im2col_tiled(dout, g)                                        # (N, C_out*KH*KW, H*W)
     if diagonal is not None:                                              # (C, 1, KH*KW) @ (N, C, KH*KW, H*W)
         dx = xp.matmul(diagonal[:, None, :], dcols.reshape(N, C_in, -1, dcols.shape[-1])).reshape(x.shape)
     else:

@@ -41,6 +41,10 @@ from .viz import plot_curves
 # beat many small images here: conv1_1's 100-pixel pad costs the same for every image, whatever its size.
 DEFAULT_ITERS = 3200
 DEFAULT_IMAGE_SIZE = 160
+# Dropout 0.5 after fc6 and fc7 is the paper's, for the full VGG16 started from ImageNet weights, which would
+# overfit a small training set without it. The tiny net underfits instead: dropout 0.5 costs it about 0.1 mean IU
+# on the shapes after 3200 iterations (0.49 against 0.60, measured with the same recipe in PyTorch).
+DEFAULT_DROPOUT = {"vgg16": 0.5, "vgg16-tiny": 0.0}
 
 
 def parse_args(argv=None):
@@ -74,7 +78,9 @@ def parse_args(argv=None):
     p.add_argument("--momentum", type=float, default=None,
                    help="default 0.9 (mean; adam's beta1) or 0.99 (sum)")
     p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--dropout", type=float, default=0.5)
+    p.add_argument("--dropout", type=float, default=None,
+                   help="after fc6 and fc7 in training; default 0.5 (the paper's) for vgg16, 0 for vgg16-tiny, "
+                        "which has no capacity to spare")
     p.add_argument("--learnable-upsampling", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-every", type=int, default=1000)
@@ -91,6 +97,8 @@ def parse_args(argv=None):
         args.lr = 1e-10 if args.loss == "sum" else 2e-3 if args.optimizer == "adam" else 0.01
     if args.momentum is None:
         args.momentum = 0.9 if args.loss == "mean" else 0.99
+    if args.dropout is None:
+        args.dropout = DEFAULT_DROPOUT[args.backbone]
     return args
 
 

@@ -267,15 +267,21 @@ def test_channel_diagonal_upsampling_equals_the_plain_op():
     x = rng.standard_normal((2, 4, 5, 3))
     w = ops.bilinear_weight(4, 16, np.float64) * rng.uniform(0.5, 2, (4, 1, 1, 1))
     assert fast._channel_diagonal(w) is not None
+    b = rng.standard_normal(4)
     for weight in (w, w + np.eye(4)[::-1][:, :, None, None] * 0.1):            # diagonal, then not
-        out, cache = fast.conv_transpose2d_forward(x, weight, None, 8, 0)
-        want, want_cache = ops.conv_transpose2d_forward(x, weight, None, 8, 0)
-        close(out, want)
-        dout = rng.standard_normal(out.shape)
-        for got, ref in zip(fast.conv_transpose2d_backward(dout, cache), ops.conv_transpose2d_backward(dout, want_cache)):
-            assert (got is None) == (ref is None)
-            if ref is not None:
-                close(got, ref)
+        for bias, pad in ((None, 0), (b, 3)):
+            out, cache = fast.conv_transpose2d_forward(x, weight, bias, 8, pad)
+            want, want_cache = ops.conv_transpose2d_forward(x, weight, bias, 8, pad)
+            close(out, want)
+            dout = rng.standard_normal(out.shape)
+            ref = ops.conv_transpose2d_backward(dout, want_cache)
+            for got in (fast.conv_transpose2d_backward(dout, cache),                         # learnable: with dW
+                        fast.conv_transpose2d_backward(dout, cache, weight_grad=False)):     # frozen: without
+                assert got[1] is None or got[1].shape == weight.shape
+                for g, r in zip(got, ref):
+                    if g is not None:
+                        close(g, r)
+                assert (got[2] is None) == (bias is None)
     assert fast._channel_diagonal(w + np.eye(4)[::-1][:, :, None, None] * 0.1) is None
 
 
