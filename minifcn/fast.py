@@ -17,7 +17,8 @@ What makes the plain ops slow is not the arithmetic but the memory around it:
 - ReLU after a convolution may overwrite the convolution's output (nobody else reads it) and keep
   that output as its cache instead of a mask: one pass and no new memory.
 - the bilinear upsampling maps each class channel to itself only: K kernels, not a K x K matrix of
-  them (mostly zeros); and while it is frozen it needs no weight gradient.
+  them (mostly zeros), painted tile by tile straight into the output (no columns to rearrange);
+  and while it is frozen it needs no weight gradient, so its backward needs no columns either.
 - freed memory stays in the process for the next array (keep_freed_memory, below), instead of going
   back to the operating system after every layer.
 
