@@ -11,6 +11,9 @@ What makes the plain ops slow is not the arithmetic but the memory around it:
   a time (a band of r output rows), in one buffer that the matrix product then reads while it is
   still in cache. The backward goes band by band too: dW collects dout_band @ cols_band.T and the
   band's dcols go straight back onto the input gradient (col2im of the band).
+- the input gradient of a stride-1 convolution is itself a convolution: of dout with the kernel turned
+  by 180 degrees, so it runs as a forward pass in bands, with no col2im (which reads, adds and
+  writes dx once per kernel tap); taken where it has no more channels to gather than col2im.
 - a 1x1 convolution (fc7, the score layers) needs no columns: the input is already the matrix.
 - max pooling 2x2 / stride 2 (every pool of VGG16) is a reshape: the four taps are four views, and
   at inference the winners (which tap won, for backward) are not computed at all.
@@ -166,6 +169,10 @@ def conv2d_backward(dout, cache, input_grad=True):
     F = W.shape[0]
     W2 = W.reshape(F, -1)                                                   # (F, K)
     dW = None                                                               # (F, K), summed over images and bands
+    dx = None
+    if input_grad and not pointwise and F <= C and _full_convolution_gives_dx(g, ph, pw):
+        dx = _dx_by_full_convolution(dout, W, ph, pw)
+        input_grad = False                                                  # the bands below need only dW
     dx_pad = xp.zeros((N, C, H + 2 * ph, W_ + 2 * pw), dtype=dout.dtype) if input_grad else None
     if pointwise:
         for n in range(N):
@@ -184,9 +191,31 @@ def conv2d_backward(dout, cache, input_grad=True):
                 if input_grad:
                     dcols = xp.matmul(W2.T, d, out=dbuf[:cols.size].reshape(cols.shape))
                     _band_col2im(dcols, dx_pad[n], r0, r, g)
-    dx = dx_pad[:, :, ph:ph + H, pw:pw + W_] if input_grad else None
+    if input_grad:
+        dx = dx_pad[:, :, ph:ph + H, pw:pw + W_]
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
     return dx, dW.reshape(W.shape), db
+
+
+def _full_convolution_gives_dx(g, ph, pw):
+    """Stride 1, no dilation and pad <= kernel - 1 (every 3x3 pad-1 layer of VGG16): dx is a convolution."""
+    KH, KW, sh, sw, dh, dw, _ = g
+    return (sh, sw, dh, dw) == (1, 1, 1, 1) and ph <= KH - 1 and pw <= KW - 1
+
+
+def _dx_by_full_convolution(dout, W, ph, pw):
+    """dx of a stride-1 convolution as a convolution itself: dout (N, F, OH, OW) convolved with the kernel
+    turned by 180 degrees and its F and C swapped, W' (C, F, KH, KW), padded by KH - 1 - ph -> (N, C, H, W).
+
+    Input pixel (y, x) fed output pixel (y - i + ph, x - j + ph) through tap (i, j), so it collects
+    dout there times W[:, :, i, j]: a convolution of dout with the flipped kernel. It replaces the
+    col2im's KH*KW read-add-write passes over dx with the forward pass's band-by-band im2col. Its columns
+    have F*KH*KW rows where col2im's have C*KH*KW, so it pays where F <= C (conv1_2, conv2_2, ...; not
+    conv2_1, which doubles the channels).
+    """
+    KH, KW = W.shape[2:]
+    flipped = xp_of(W).ascontiguousarray(W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))   # (C, F, KH, KW)
+    return conv2d_forward(dout, flipped, None, 1, (KH - 1 - ph, KW - 1 - pw))[0]
 
 
 def _add(total, term):

@@ -63,6 +63,20 @@ def test_conv2d_in_bands_equals_the_plain_op(case, seed):
     close(dW, ops.conv2d_backward(dout, want_cache)[1])
 
 
+def test_input_gradient_of_a_stride_1_conv_is_a_full_convolution_with_the_flipped_kernel():
+    """VGG16's 3x3 pad-1 layers take this path; conv1_1 (pad 100) and strided convs keep col2im."""
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((2, 3, 7, 5)), rng.standard_normal((4, 3, 3, 2))
+    for pad in ((1, 1), (2, 0), (0, 1)):
+        out, cache = ops.conv2d_forward(x, w, None, 1, pad)
+        dout = rng.standard_normal(out.shape)
+        close(fast._dx_by_full_convolution(dout, w, *pad), ops.conv2d_backward(dout, cache)[0])
+    vgg = fast._setup((1, 64, 10, 10), np.zeros((64, 64, 3, 3)), 1, 1, 1)[1]
+    assert fast._full_convolution_gives_dx(vgg, 1, 1)
+    assert not fast._full_convolution_gives_dx(vgg, 100, 100)
+    assert not fast._full_convolution_gives_dx(fast._setup((1, 3, 10, 10), np.zeros((4, 3, 3, 3)), 2, 1, 1)[1], 1, 1)
+
+
 def test_conv2d_bands_cover_every_row_once():
     for OH, OW, K, F in [(1, 1, 1, 1), (698, 698, 576, 64), (16, 16, 25088, 4096), (7, 3, 5, 2)]:
         bands = fast._bands(OH, OW, K, F)
