@@ -169,16 +169,14 @@ def conv2d_backward(dout, cache, input_grad=True):
     F = W.shape[0]
     W2 = W.reshape(F, -1)                                                   # (F, K)
     dW = None                                                               # (F, K), summed over images and bands
-    dx = None
-    if input_grad and not pointwise and F <= C and _full_convolution_gives_dx(g, ph, pw):
-        dx = _dx_by_full_convolution(dout, W, ph, pw)
-        input_grad = False                                                  # the bands below need only dW
-    dx_pad = xp.zeros((N, C, H + 2 * ph, W_ + 2 * pw), dtype=dout.dtype) if input_grad else None
+    by_convolution = input_grad and not pointwise and _full_convolution_gives_dx(g, ph, pw, F, C)
+    col2im = input_grad and not by_convolution                              # dx gathered in the loops below
+    dx_pad = xp.zeros((N, C, H + 2 * ph, W_ + 2 * pw), dtype=dout.dtype) if col2im else None
     if pointwise:
         for n in range(N):
             d, x2 = dout[n].reshape(F, OH * OW), x[n].reshape(C, H * W_)
             dW = _add(dW, d @ x2.T)
-            if input_grad:
+            if col2im:
                 xp.matmul(W2.T, d, out=dx_pad[n].reshape(C, H * W_))
     else:
         x_pad, bands, buf = _padded_bands(x, F, W2.shape[1], OH, OW, ph, pw)
@@ -188,19 +186,22 @@ def conv2d_backward(dout, cache, input_grad=True):
                 cols = _band_cols(x_pad[n], buf, r0, r, g)                  # (K, r*OW)
                 d = dout[n, :, r0:r0 + r].reshape(F, r * OW)                # (F, r*OW)
                 dW = _add(dW, d @ cols.T)
-                if input_grad:
+                if col2im:
                     dcols = xp.matmul(W2.T, d, out=dbuf[:cols.size].reshape(cols.shape))
                     _band_col2im(dcols, dx_pad[n], r0, r, g)
-    if input_grad:
-        dx = dx_pad[:, :, ph:ph + H, pw:pw + W_]
+    if by_convolution:
+        dx = _dx_by_full_convolution(dout, W, ph, pw)
+    else:
+        dx = dx_pad[:, :, ph:ph + H, pw:pw + W_] if col2im else None
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
     return dx, dW.reshape(W.shape), db
 
 
-def _full_convolution_gives_dx(g, ph, pw):
-    """Stride 1, no dilation and pad <= kernel - 1 (every 3x3 pad-1 layer of VGG16): dx is a convolution."""
+def _full_convolution_gives_dx(g, ph, pw, F, C):
+    """Stride 1, no dilation and pad <= kernel - 1 (every 3x3 pad-1 layer of VGG16): dx is a convolution;
+    worth taking where it gathers no more channels than col2im would (F <= C, see below)."""
     KH, KW, sh, sw, dh, dw, _ = g
-    return (sh, sw, dh, dw) == (1, 1, 1, 1) and ph <= KH - 1 and pw <= KW - 1
+    return (sh, sw, dh, dw) == (1, 1, 1, 1) and ph <= KH - 1 and pw <= KW - 1 and F <= C
 
 
 def _dx_by_full_convolution(dout, W, ph, pw):
@@ -274,7 +275,7 @@ def _im2col_tiled(x, g):
 
 def _channel_diagonal(W):
     """W (C, C, KH, KW) that only maps channel c to channel c (the bilinear upsampling) -> its kernels
-    (C, KH*KW); any other W -> None. Such a layer upsamples each channel on its own."""
+    (C, KH, KW); any other W -> None. Such a layer upsamples each channel on its own."""
     C_in, C_out = W.shape[:2]
     if C_in != C_out or C_in == 1:
         return None
@@ -282,7 +283,7 @@ def _channel_diagonal(W):
     kernels = W[xp.arange(C_in), xp.arange(C_in)]                          # (C, KH, KW)
     if int(xp.count_nonzero(W)) != int(xp.count_nonzero(kernels)):
         return None
-    return kernels.reshape(C_in, -1)
+    return kernels
 
 
 def _upsample_diagonal(x, kernels, out_shape, g):
@@ -337,9 +338,9 @@ def conv_transpose2d_forward(x, W, b=None, stride=1, pad=0):
     OH, OW = (H - 1) * sh - 2 * ph + KH, (W_ - 1) * sw - 2 * pw + KW
     if OH < 1 or OW < 1 or (b is not None and b.shape != (C_out,)):
         return ops.conv_transpose2d_forward(x, W, b, stride, pad)        # let the plain op explain
-    diagonal = _channel_diagonal(W)                                       # (C, KH*KW) or None
+    diagonal = _channel_diagonal(W)                                       # (C, KH, KW) or None
     if diagonal is not None:                                              # each channel on its own: C times less
-        out = _upsample_diagonal(x, diagonal.reshape(C_in, KH, KW), (N, C_out, OH, OW), g)
+        out = _upsample_diagonal(x, diagonal, (N, C_out, OH, OW), g)
     else:
         cols = xp.matmul(W.reshape(C_in, -1).T, x.reshape(N, C_in, H * W_))  # (N, C_out*KH*KW, H*W)
         out = _col2im_tiled(cols, (N, C_out, OH, OW), g)
@@ -360,11 +361,11 @@ def conv_transpose2d_backward(dout, cache, weight_grad=True):
     C_in, N = W.shape[0], x.shape[0]
     diagonal = _channel_diagonal(W)
     if diagonal is not None and not weight_grad:                          # frozen bilinear: no columns at all
-        dx = _upsample_diagonal_backward(dout, diagonal.reshape(W.shape[0], *W.shape[2:]), x.shape, g)
+        dx = _upsample_diagonal_backward(dout, diagonal, x.shape, g)
         return dx, None, dout.sum(axis=(0, 2, 3)) if has_bias else None
     dcols = _im2col_tiled(dout, g)                                        # (N, C_out*KH*KW, H*W)
     if diagonal is not None:                                              # (C, 1, KH*KW) @ (N, C, KH*KW, H*W)
-        dx = xp.matmul(diagonal[:, None, :], dcols.reshape(N, C_in, -1, dcols.shape[-1])).reshape(x.shape)
+        dx = xp.matmul(diagonal.reshape(C_in, 1, -1), dcols.reshape(N, C_in, -1, dcols.shape[-1])).reshape(x.shape)
     else:
         dx = xp.matmul(W.reshape(C_in, -1), dcols).reshape(x.shape)       # (N, C_in, H, W)
     dW = None

@@ -42,8 +42,9 @@ from .viz import plot_curves
 DEFAULT_ITERS = 3200
 DEFAULT_IMAGE_SIZE = 160
 # Dropout 0.5 after fc6 and fc7 is the paper's, for the full VGG16 started from ImageNet weights, which would
-# overfit a small training set without it. The tiny net underfits instead: dropout 0.5 costs it about 0.1 mean IU
-# on the shapes after 3200 iterations (0.49 against 0.60, measured with the same recipe in PyTorch).
+# overfit a small training set without it. The tiny net underfits instead: dropout 0.5 cost it about 0.1 mean IU
+# on the shapes after 3200 iterations (0.49 against 0.60, the same recipe in PyTorch); in minifcn's single runs
+# the gain was smaller (FCN-8s 0.542 -> 0.549) and within one run's noise (benchmarks/RESULTS.md).
 DEFAULT_DROPOUT = {"vgg16": 0.5, "vgg16-tiny": 0.0}
 
 

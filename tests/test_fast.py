@@ -72,9 +72,11 @@ def test_input_gradient_of_a_stride_1_conv_is_a_full_convolution_with_the_flippe
         dout = rng.standard_normal(out.shape)
         close(fast._dx_by_full_convolution(dout, w, *pad), ops.conv2d_backward(dout, cache)[0])
     vgg = fast._setup((1, 64, 10, 10), np.zeros((64, 64, 3, 3)), 1, 1, 1)[1]
-    assert fast._full_convolution_gives_dx(vgg, 1, 1)
-    assert not fast._full_convolution_gives_dx(vgg, 100, 100)
-    assert not fast._full_convolution_gives_dx(fast._setup((1, 3, 10, 10), np.zeros((4, 3, 3, 3)), 2, 1, 1)[1], 1, 1)
+    assert fast._full_convolution_gives_dx(vgg, 1, 1, 64, 64)
+    assert not fast._full_convolution_gives_dx(vgg, 1, 1, 128, 64)              # conv2_1 doubles the channels
+    assert not fast._full_convolution_gives_dx(vgg, 100, 100, 64, 64)
+    strided = fast._setup((1, 3, 10, 10), np.zeros((4, 3, 3, 3)), 2, 1, 1)[1]
+    assert not fast._full_convolution_gives_dx(strided, 1, 1, 3, 3)
 
 
 def test_conv2d_bands_cover_every_row_once():
