@@ -15,6 +15,8 @@ What makes the plain ops slow is not the arithmetic but the memory around it:
   by 180 degrees, so it runs as a forward pass in bands, with no col2im (which reads, adds and
   writes dx once per kernel tap); taken where it has no more channels to gather than col2im.
 - a 1x1 convolution (fc7, the score layers) needs no columns: the input is already the matrix.
+- a 3x3 stride-1 convolution with many channels (conv2_2 to conv5_3) runs as Winograd's F(2x2, 3x3)
+  on the CPU (minifcn.winograd): 16 multiplications per 2x2 outputs and channel pair instead of 36.
 - max pooling 2x2 / stride 2 (every pool of VGG16) is a reshape: the four taps are four views, and
   at inference the winners (which tap won, for backward) are not computed at all.
 - ReLU after a convolution may overwrite the convolution's output (nobody else reads it) and keep
@@ -41,10 +43,14 @@ from . import ops
 from .ops.conv import check_conv2d
 from .backend import check_inputs, pair, xp_of
 from .im2col import _geometry, _is_pointwise, im2col
+from . import winograd
 
 ENABLED = True
 BLOCK = 1 << 21      # floats in one band of columns (8 MiB in float32): stays in cache, long enough for BLAS
 GPU_BLOCK = 1 << 26  # on a GPU: bands of 256 MiB, few enough to keep kernel launches rare
+WINOGRAD_MIN_CHANNELS = 128   # 3x3 stride-1 convolutions with this many input channels use minifcn.winograd
+                              # (on the CPU: 0.67-0.88x of im2col's time at C = 256..512, about even at 128,
+                              # slower at 64, see benchmarks/RESULTS.md); None: never
 
 
 def keep_freed_memory():
@@ -143,11 +149,14 @@ def conv2d_forward(x, W, b=None, stride=1, pad=0, dilation=1):
     (N, C, H, W_, ph, pw, OH, OW), g, pointwise = _setup(x.shape, W, stride, pad, dilation)
     F = W.shape[0]
     W2 = W.reshape(F, -1)                                                   # (F, K)
-    out = xp.empty((N, F, OH, OW), dtype=x.dtype)
-    if pointwise:
+    if _winograd_pays(xp, C, g):
+        out = winograd.conv3x3(x, W, (ph, pw))
+    elif pointwise:
+        out = xp.empty((N, F, OH, OW), dtype=x.dtype)
         for n in range(N):
             xp.matmul(W2, x[n].reshape(C, H * W_), out=out[n].reshape(F, OH * OW))
     else:
+        out = xp.empty((N, F, OH, OW), dtype=x.dtype)
         x_pad, bands, buf = _padded_bands(x, F, W2.shape[1], OH, OW, ph, pw)
         for n in range(N):
             for r0, r in bands:
@@ -156,6 +165,13 @@ def conv2d_forward(x, W, b=None, stride=1, pad=0, dilation=1):
     if b is not None:
         out += b.reshape(1, F, 1, 1)
     return out, (x, W, b is not None, stride, pad, dilation)
+
+
+def _winograd_pays(xp, C, g):
+    """3x3, stride 1, no dilation, at least WINOGRAD_MIN_CHANNELS input channels, on the CPU."""
+    KH, KW, sh, sw, dh, dw, _ = g
+    return (WINOGRAD_MIN_CHANNELS is not None and C >= WINOGRAD_MIN_CHANNELS and xp.__name__ == "numpy"
+            and (KH, KW, sh, sw, dh, dw) == (3, 3, 1, 1, 1, 1))
 
 
 def conv2d_backward(dout, cache, input_grad=True):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from minifcn import fast, ops, train
+from minifcn import fast, ops, train, winograd
 from minifcn.backend import gpu_available, to_device, to_numpy
 from minifcn.im2col import conv_output_size
 from minifcn.models import build, load
@@ -22,6 +22,7 @@ NAMES = ["fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce"]
 def small_bands(monkeypatch):
     monkeypatch.setattr(fast, "BLOCK", 97)
     monkeypatch.setattr(fast, "GPU_BLOCK", 97)
+    monkeypatch.setattr(winograd, "BLOCK", 97)
 
 
 @pytest.fixture
@@ -77,6 +78,57 @@ def test_input_gradient_of_a_stride_1_conv_is_a_full_convolution_with_the_flippe
     assert not fast._full_convolution_gives_dx(vgg, 100, 100, 64, 64)
     strided = fast._setup((1, 3, 10, 10), np.zeros((4, 3, 3, 3)), 2, 1, 1)[1]
     assert not fast._full_convolution_gives_dx(strided, 1, 1, 3, 3)
+
+
+@settings(max_examples=60)
+@given(N=st.integers(1, 2), C=st.integers(1, 4), F=st.integers(1, 4), H=st.integers(1, 9), W=st.integers(1, 9),
+       ph=st.integers(0, 3), pw=st.integers(0, 3), seed=st.integers(0, 2**16))
+def test_winograd_equals_the_plain_convolution(N, C, F, H, W, ph, pw, seed):
+    """Odd and even sizes (the last tile cut), any padding, several bands (BLOCK is tiny here)."""
+    if H + 2 * ph < 3 or W + 2 * pw < 3:
+        ph, pw = max(ph, 1), max(pw, 1)
+    rng = np.random.default_rng(seed)
+    x, w = rng.standard_normal((N, C, H, W)), rng.standard_normal((F, C, 3, 3))
+    close(winograd.conv3x3(x, w, (ph, pw)), ops.conv2d_forward(x, w, None, 1, (ph, pw))[0])
+
+
+def test_winograd_kernel_transform_is_g_w_gt():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((2, 3, 3, 3))
+    G = np.array(winograd.G)
+    U = winograd.transform_kernel(w).reshape(4, 4, 2, 3)
+    for f in range(2):
+        for c in range(3):
+            close(U[:, :, f, c], G @ w[f, c] @ G.T)
+
+
+def test_winograd_in_float32_is_as_accurate_as_im2col():
+    """At VGG16's conv4 width: both float32 results within 1e-5 (relative) of a float64 reference."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 256, 12, 11)).astype(np.float32)
+    w = (rng.standard_normal((8, 256, 3, 3)) / 48).astype(np.float32)
+    exact = ops.conv2d_forward(x.astype(np.float64), w.astype(np.float64), None, 1, 1)[0]
+    scale = np.abs(exact).max()
+    for got in (winograd.conv3x3(x, w, (1, 1)), ops.conv2d_forward(x, w, None, 1, 1)[0]):
+        assert got.dtype == np.float32
+        assert np.abs(got - exact).max() / scale < 1e-5
+
+
+def test_conv2d_takes_winograd_for_wide_3x3_stride_1_layers_only(monkeypatch):
+    calls = []
+    real = winograd.conv3x3
+    monkeypatch.setattr(winograd, "conv3x3", lambda *a: calls.append(a[1].shape) or real(*a))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 256, 6, 6))
+    for w, stride, dilation in [((2, 256, 3, 3), 1, 1), ((2, 256, 3, 3), 2, 1), ((2, 256, 3, 3), 1, 2),
+                                ((2, 256, 1, 1), 1, 1), ((2, 128, 3, 3), 1, 1)]:
+        w = rng.standard_normal(w)
+        out = fast.conv2d_forward(x[:, :w.shape[1]], w, None, stride, 1, dilation)[0]
+        close(out, ops.conv2d_forward(x[:, :w.shape[1]], w, None, stride, 1, dilation)[0])
+    assert calls == [(2, 256, 3, 3)]
+    monkeypatch.setattr(fast, "WINOGRAD_MIN_CHANNELS", None)
+    fast.conv2d_forward(x, rng.standard_normal((2, 256, 3, 3)), None, 1, 1)
+    assert len(calls) == 1
 
 
 def test_conv2d_bands_cover_every_row_once():
@@ -158,9 +210,12 @@ def test_relu_in_place_overwrites_its_input_and_its_gradient():
     np.testing.assert_array_equal(dx, ops.relu_backward(dout, mask))
 
 
+@pytest.mark.parametrize("winograd_from", [None, 1])
 @pytest.mark.parametrize("name", NAMES)
-def test_every_fcn_is_the_same_with_fast_paths_on_and_off(name):
-    """Scores, dx and every gradient agree; the only difference: the fixed upsampling gets no gradient."""
+def test_every_fcn_is_the_same_with_fast_paths_on_and_off(name, winograd_from, monkeypatch):
+    """Scores, dx and every gradient agree; the only difference: the fixed upsampling gets no gradient.
+    winograd_from=1: every 3x3 stride-1 convolution (forward, and dx by full convolution) runs as Winograd."""
+    monkeypatch.setattr(fast, "WINOGRAD_MIN_CHANNELS", winograd_from)
     net = build(name, num_classes=4, backbone="vgg16-tiny", width=2, dropout=0, seed=1)
     rng = np.random.default_rng(0)
     for k, v in net.params.items():
