@@ -49,8 +49,8 @@ ENABLED = True
 BLOCK = 1 << 21      # floats in one band of columns (8 MiB in float32): stays in cache, long enough for BLAS
 GPU_BLOCK = 1 << 26  # on a GPU: bands of 256 MiB, few enough to keep kernel launches rare
 WINOGRAD_MIN_CHANNELS = 128   # 3x3 stride-1 convolutions with this many input channels use minifcn.winograd
-                              # (on the CPU: 0.67-0.88x of im2col's time at C = 256..512, about even at 128,
-                              # slower at 64, see benchmarks/RESULTS.md); None: never
+                              # on the CPU: 0.62-0.88x of im2col's time at C = 256..512, 0.83-0.98x at 128,
+                              # 1.16-1.22x at 64 (benchmarks/RESULTS.md); None: never
 
 
 def keep_freed_memory():
