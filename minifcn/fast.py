@@ -17,6 +17,8 @@ What makes the plain ops slow is not the arithmetic but the memory around it:
 - a 1x1 convolution (fc7, the score layers) needs no columns: the input is already the matrix.
 - a 3x3 stride-1 convolution with many channels (conv2_2 to conv5_3) runs as Winograd's F(2x2, 3x3)
   on the CPU (minifcn.winograd): 16 multiplications per 2x2 outputs and channel pair instead of 36.
+- on a GPU, a band's im2col is one CUDA kernel, and its col2im a gather, one thread per input pixel with no
+  atomic additions (minifcn.gpu_kernels); the tap loops below would launch KH*KW kernels each.
 - max pooling 2x2 / stride 2 (every pool of VGG16) is a reshape: the four taps are four views, and
   at inference the winners (which tap won, for backward) are not computed at all.
 - ReLU after a convolution may overwrite the convolution's output (nobody else reads it) and keep
@@ -43,11 +45,12 @@ from . import ops
 from .ops.conv import check_conv2d
 from .backend import check_inputs, pair, xp_of
 from .im2col import _geometry, _is_pointwise, im2col
-from . import winograd
+from . import gpu_kernels, winograd
 
 ENABLED = True
 BLOCK = 1 << 21      # floats in one band of columns (8 MiB in float32): stays in cache, long enough for BLAS
 GPU_BLOCK = 1 << 26  # on a GPU: bands of 256 MiB, few enough to keep kernel launches rare
+CUDA_KERNELS = True  # on a GPU, a band's im2col and col2im are one CUDA kernel each (minifcn.gpu_kernels)
 WINOGRAD_MIN_CHANNELS = 128   # 3x3 stride-1 convolutions with this many input channels use minifcn.winograd
                               # on the CPU: 0.62-0.88x of im2col's time at C = 256..512, 0.83-0.98x at 128,
                               # 1.16-1.22x at 64 (benchmarks/RESULTS.md); None: never
@@ -102,6 +105,8 @@ def _band_cols(x_pad, buf, r0, r, g):
     """im2col of output rows [r0, r0 + r) of one padded image x_pad (C, Hp, Wp) -> (K, r*OW), in buf."""
     KH, KW, sh, sw, dh, dw, OW = g
     C = x_pad.shape[0]
+    if _cuda_kernels(x_pad):
+        return gpu_kernels.band_cols(x_pad, buf[:C * KH * KW * r * OW].reshape(C * KH * KW, r * OW), r0, r, g)
     cols = buf[:C * KH * KW * r * OW].reshape(C, KH, KW, r, OW)
     for i in range(KH):
         for j in range(KW):
@@ -114,11 +119,18 @@ def _band_col2im(dcols, dx_pad, r0, r, g):
     """The adjoint of _band_cols: add dcols (K, r*OW) back onto the padded image gradient dx_pad (C, Hp, Wp)."""
     KH, KW, sh, sw, dh, dw, OW = g
     C = dx_pad.shape[0]
+    if _cuda_kernels(dx_pad):
+        return gpu_kernels.band_col2im(dcols, dx_pad, r0, r, g)
     dcols = dcols.reshape(C, KH, KW, r, OW)
     for i in range(KH):
         for j in range(KW):
             y0, x0 = r0 * sh + i * dh, j * dw
             dx_pad[:, y0:y0 + sh * (r - 1) + 1:sh, x0:x0 + sw * (OW - 1) + 1:sw] += dcols[:, i, j]
+
+
+def _cuda_kernels(a):
+    """Use minifcn.gpu_kernels for this array: on a GPU, with CUDA_KERNELS on."""
+    return CUDA_KERNELS and xp_of(a).__name__ == "cupy"
 
 
 def _matmul_into(a, b, out):
