@@ -29,11 +29,13 @@ def confusion(pred, label, num_classes):
     label = label.astype(np.int64, copy=False).ravel()
     pred = pred.astype(np.int64, copy=False).ravel()
     keep = (label >= 0) & (label < K)
-    label, pred = label[keep], pred[keep]
-    if bool(((pred < 0) | (pred >= K)).any()):
-        bad = np.unique(to_numpy(pred[(pred < 0) | (pred >= K)]))[:5].tolist()
+    outside = keep & ((pred < 0) | (pred >= K))
+    if bool(outside.any()):
+        bad = np.unique(to_numpy(pred[outside]))[:5].tolist()
         raise ValueError(f"confusion: predictions {bad} are outside [0, {K}); is num_classes right?")
-    hist = xp.bincount(K * label + pred, minlength=K * K)
+    # Pixel (truth t, prediction p) counts in bin K*t + p; ignored pixels go to one extra bin, K*K, dropped
+    # after the count (no boolean selection: CuPy's bincount cannot take an empty array, NumPy's can).
+    hist = xp.bincount(xp.where(keep, K * label + pred, K * K), minlength=K * K + 1)[:K * K]
     return to_numpy(hist).reshape(K, K).astype(np.int64)
 
 

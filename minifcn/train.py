@@ -218,7 +218,7 @@ def main(argv=None):
         opt = SGD(net.params, args.lr, args.momentum, args.weight_decay, frozen=net.frozen)
     opt.load_state_dict(velocities, args.device)
     net.input_grad = False                                          # the images need no gradient
-    dropouts = [(i, layer) for i, layer in enumerate(net.layers) if isinstance(layer, Dropout)]
+    dropouts = [(i, layer) for i, layer in enumerate(net.layers) if isinstance(layer, Dropout) and layer.p > 0]
     print(f"{net}\ntraining {args.model} on {args.dataset} ({len(train_set)} train / {len(val_set)} val images) "
           f"for {total} iterations of batch {args.batch_size} on {args.device} ({args.optimizer}, lr {args.lr:g}, "
           f"{args.lr_policy}); output in {args.out}",

@@ -160,9 +160,9 @@ def test_the_kernels_on_the_gpu_equal_the_tap_loops(monkeypatch):
         for stride, pad, dil in [(1, 1, 1), (2, 1, 1), (1, 2, 2)]:
             out, cache = fast.conv2d_forward(to_device(x, "gpu"), to_device(w, "gpu"), to_device(b, "gpu"),
                                              stride, pad, dil)
-            dout = douts.setdefault(stride, rng.standard_normal(out.shape))
+            dout = douts.setdefault((stride, pad, dil), rng.standard_normal(out.shape))
             grads = fast.conv2d_backward(to_device(dout, "gpu"), cache)
-            results[kernels, stride] = [to_numpy(a) for a in (out, *grads)]
-    for stride in (1, 2):
-        for got, want in zip(results[True, stride], results[False, stride]):
+            results[kernels, stride, pad, dil] = [to_numpy(a) for a in (out, *grads)]
+    for kernels, *case in [k for k in results if k[0]]:
+        for got, want in zip(results[(True, *case)], results[(False, *case)]):
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)

@@ -66,3 +66,14 @@ def test_errors():
         confusion(np.zeros(3, int), np.zeros(4, int), 2)
     with pytest.raises(ValueError, match=r"predictions \[5\] are outside \[0, 3\)"):
         confusion(np.array([5]), np.array([0]), 3)
+
+
+def test_an_image_with_no_labelled_pixel_counts_nothing(xp):
+    """All void (255), or labels below 0: an empty matrix, on either device (CuPy's bincount cannot count an
+    empty selection, so confusion must never hand it one). Predictions under void pixels are never checked."""
+    pred = xp.asarray(np.array([[0, 7], [2, -1]]))
+    for label in (np.full((2, 2), 255), np.array([[-1, 255], [300, -5]])):
+        hist = confusion(pred, xp.asarray(label), 3)
+        assert isinstance(hist, np.ndarray) and hist.shape == (3, 3) and hist.sum() == 0
+    hist = confusion(pred, xp.asarray(np.array([[0, 255], [1, 255]])), 3)
+    np.testing.assert_array_equal(hist, [[1, 0, 0], [0, 0, 1], [0, 0, 0]])
