@@ -2,10 +2,16 @@
 under the same budget (same iterations and settings, only --model differs): the four metrics on the
 val split at the end of each run, and the wall time of each (training and validation, as a user sees it).
 
-    python benchmarks/train_shapes.py [--models fcn8s fcn16s fcn32s] [--out runs/bench] [--append] [-- EXTRA...]
+    python benchmarks/train_shapes.py [--models fcn8s fcn16s fcn32s] [--staged] [--out runs/bench] [--append]
+                                      [-- EXTRA...]
 
 Each run is `python -m minifcn.train --model M --out OUT/M EXTRA...` in a subprocess, one after another
 (never two at once: they would share the cores). The first, fcn8s with no EXTRA, is the bare command.
+
+--staged trains as the paper did, coarse to fine (net surgery), in the same total number of iterations:
+FCN-16s is FCN-32s for half the iterations, then FCN-16s started from its checkpoint (--init) for the other
+half; FCN-8s is FCN-32s, FCN-16s and FCN-8s for a third each; FCN-32s is one stage, as without --staged.
+
 --append adds the table to benchmarks/RESULTS.md with the date, the machine and the command.
 """
 import argparse
@@ -21,6 +27,10 @@ from pathlib import Path
 METRICS = ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")
 
 
+STAGES = {"fcn32s": ["fcn32s"], "fcn16s": ["fcn32s", "fcn16s"], "fcn8s": ["fcn32s", "fcn16s", "fcn8s"],
+          "fcn8s-atonce": ["fcn8s-atonce"]}
+
+
 def run(model, out, extra):
     """Train one model; return (wall seconds, the last validation record of its log, return code)."""
     cmd = [sys.executable, "-m", "minifcn.train", "--out", str(out)]
@@ -31,9 +41,34 @@ def run(model, out, extra):
     t0 = time.perf_counter()
     code = subprocess.call(cmd)
     wall = time.perf_counter() - t0
-    records = [json.loads(line) for line in open(Path(out) / "log.jsonl") if line.strip()]
+    log = Path(out) / "log.jsonl"                 # none if the run failed before training
+    records = [json.loads(line) for line in open(log) if line.strip()] if log.exists() else []
     val = [r for r in records if "mean_iu" in r]
     return wall, (val[-1] if val else {}), code
+
+
+def run_staged(model, out, extra):
+    """Train model coarse to fine, each stage from the last one's checkpoint, the iterations split evenly;
+    return run()'s triple for the last stage, with the wall time of all stages and the total iterations."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from minifcn.train import DEFAULT_ITERS
+    rest = list(extra)
+    total = DEFAULT_ITERS
+    if "--iters" in rest:
+        k = rest.index("--iters")
+        total = int(rest[k + 1])
+        del rest[k:k + 2]
+    stages = STAGES[model]
+    wall, init = 0.0, []
+    for s, stage in enumerate(stages):
+        iters = total // len(stages) + (total % len(stages) if s == len(stages) - 1 else 0)
+        stage_out = Path(out) / stage
+        t, rec, code = run(stage, stage_out, ["--iters", str(iters)] + init + rest)
+        wall += t
+        if code != 0:
+            break
+        init = ["--init", str(stage_out / "checkpoint.npz")]
+    return wall, dict(rec, iter=total), code
 
 
 def cpu_name():
@@ -59,6 +94,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["fcn8s", "fcn16s", "fcn32s"],
                    choices=["fcn8s", "fcn16s", "fcn32s", "fcn8s-atonce"])
+    p.add_argument("--staged", action="store_true", help="coarse to fine, as the paper trained (see above)")
     p.add_argument("--out", default="runs/bench", help="one sub-folder per model")
     p.add_argument("--append", action="store_true", help="append the table to benchmarks/RESULTS.md")
     p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: options passed to every run")
@@ -66,7 +102,7 @@ def main():
     extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
     rows = []
     for model in args.models:
-        wall, rec, code = run(model, Path(args.out) / model, extra)
+        wall, rec, code = (run_staged if args.staged else run)(model, Path(args.out) / model, extra)
         rows.append((model, wall, rec, code))
         print(table(rows[-1:]).split("\n")[-1], flush=True)
     result = table(rows)
@@ -74,11 +110,13 @@ def main():
     if args.append:
         import numpy as np
         machine = f"{cpu_name()}, {os.cpu_count()} cores, numpy {np.__version__}"
-        command = " ".join(["python benchmarks/train_shapes.py", "--models", *args.models,
-                            "--out", args.out, "--append"] + (["--", *extra] if extra else []))
+        command = " ".join(["python benchmarks/train_shapes.py", "--models", *args.models]
+                           + ["--staged"] * args.staged + ["--out", args.out, "--append"] + (["--", *extra] if extra else []))
+        how = ("staged: FCN-32s, then FCN-16s, then FCN-8s, each from the last one's checkpoint, the iterations "
+               "split evenly" if args.staged else "only --model differs")
         header = (f"\n## train_shapes, {datetime.date.today()}, {machine}\n\n"
                   f"`{command}` (each: `python -m minifcn.train --model M {' '.join(extra)}`, the defaults "
-                  f"otherwise; metrics on the val split at the last iteration)\n\n")
+                  f"otherwise; {how}; metrics on the val split at the last iteration)\n\n")
         with open(Path(__file__).with_name("RESULTS.md"), "a") as f:
             f.write(header + result + "\n")
     return max(code for *_, code in rows)
