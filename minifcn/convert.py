@@ -14,6 +14,7 @@ import os
 import sys
 import time
 
+from . import cli
 from .weights import FORMATS, read_weights, save_npz
 
 
@@ -44,4 +45,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(cli.run(main, "python -m minifcn.convert"))

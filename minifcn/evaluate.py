@@ -10,12 +10,11 @@ each class. --save-vis DIR writes image | truth | prediction tiles.
 import argparse
 import json
 import os
-import sys
 
 import numpy as np
 from PIL import Image
 
-from . import models
+from . import cli, models
 from .data import get_dataset
 from .metrics import format_table
 from .train import DEFAULT_IMAGE_SIZE, evaluate
@@ -71,4 +70,4 @@ def _trained_image_size(path, default=DEFAULT_IMAGE_SIZE):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(cli.run(main, "python -m minifcn.evaluate"))

@@ -5,12 +5,11 @@ of VOC's SegmentationClass), and DIR/<name>_overlay.png, the colours blended ove
 """
 import argparse
 import os
-import sys
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from . import models
+from . import cli, models
 from .backend import get_xp, to_numpy
 from .data.transforms import preprocess
 from .viz import overlay, palette_png
@@ -57,4 +56,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(cli.run(main, "python -m minifcn.predict"))

@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from . import models
+from . import cli, models
 from .backend import get_xp, to_numpy
 from .data import get_dataset
 from .data.transforms import TORCHVISION_VGG, batches
@@ -297,4 +297,4 @@ def _truncate_log(log_path, it):
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli.run(main, "python -m minifcn.train"))

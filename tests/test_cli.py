@@ -102,3 +102,24 @@ def test_evaluate_and_predict(tmp_path, capsys):
     (tmp_path / "notimage.jpg").write_text("hello")
     with pytest.raises(SystemExit, match=r"notimage.jpg is not a readable image"):
         predict.main([ckpt, str(tmp_path / "notimage.jpg"), "--out", str(tmp_path / "pred")])
+
+
+@pytest.mark.parametrize("module, args, message", [
+    ("minifcn.train", ["--dataset", "voc", "--data-root", "{tmp}/no-such-dir", "--out", "{tmp}/run"], "no-such-dir"),
+    ("minifcn.evaluate", ["{tmp}/missing.npz"], "missing.npz' does not exist"),
+    ("minifcn.predict", ["{tmp}/missing.npz", "{tmp}/a.png", "--out", "{tmp}/p"], "missing.npz' does not exist"),
+])
+def test_a_bad_input_ends_in_one_line_not_a_traceback(tmp_path, module, args, message):
+    """python -m minifcn.<job> with a missing file: exit status 2 and 'error: ...' naming it, as argparse does;
+    MINIFCN_TRACEBACK=1 brings the traceback back."""
+    import os
+    import subprocess
+    import sys
+    argv = [sys.executable, "-m", module, *(a.format(tmp=tmp_path) for a in args)]
+    env = {k: v for k, v in os.environ.items() if k != "MINIFCN_TRACEBACK"}
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert f"python -m {module}: error: " in proc.stderr and message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = subprocess.run(argv, capture_output=True, text=True, env={**env, "MINIFCN_TRACEBACK": "1"}, timeout=120)
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and message in proc.stderr

@@ -19,6 +19,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from .. import cli
+
 ARCHIVES = {
     "voc2012": {"url": "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
                 "md5": "6cd6e144f989b92b3379bac3b3de84fd", "contents": "VOCdevkit/VOC2012"},
@@ -196,4 +198,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(cli.run(main, "python -m minifcn.data.download"))
