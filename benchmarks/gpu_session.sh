@@ -5,13 +5,13 @@
 #   bash benchmarks/gpu_session.sh tests    # pytest -m gpu, then python -m minifcn.train --device gpu (vgg16)
 #   bash benchmarks/gpu_session.sh bench    # model_speed.py and ops.py --device gpu --append, against PyTorch
 #
-# Every log lands in $OUT (the device tool's folder that comes back; ./gpu-session elsewhere). The benchmarks'
+# Every log lands in $OUT (the device tool's folder that comes back; /tmp/gpu-session elsewhere). The benchmarks'
 # --append edits the device's copy of benchmarks/RESULTS.md, which does not come back by itself: the script
 # copies it to $OUT, so that the new tables can be carried over by hand. A step that fails or times out is
 # logged and the next one still runs.
 set -u
 cd "$(dirname "$0")/.."
-OUT=${OUT:-gpu-session}
+OUT=${OUT:-/tmp/gpu-session}
 mkdir -p "$OUT"
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
 
@@ -24,7 +24,8 @@ step() {   # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NA
     echo "== $name: exit $status (124: timed out)" | tee -a "$OUT/$name.txt"
 }
 
-{ nvidia-smi -L; python3 -c "import cupy, numpy; print('cupy', cupy.__version__, 'numpy', numpy.__version__)"; } \
+{ nvidia-smi -L; python3 -c "import cupy, numpy, pytest, hypothesis, torch
+print('cupy', cupy.__version__, 'numpy', numpy.__version__, 'torch', torch.__version__)"; } \
     >"$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt"
 

@@ -48,27 +48,32 @@ def run(model, out, extra):
 
 
 def run_staged(model, out, extra):
-    """Train model coarse to fine, each stage from the last one's checkpoint, the iterations split evenly;
-    return run()'s triple for the last stage, with the wall time of all stages and the total iterations."""
+    """Train model coarse to fine, each stage from the last one's checkpoint, the iterations split evenly
+    (3,200 -> 1,067 + 1,067 + 1,066); return run()'s triple: the wall time of all stages, the last stage's
+    validation with the iterations run in all, and the first non-zero return code."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from minifcn.train import DEFAULT_ITERS
-    rest = list(extra)
-    total = DEFAULT_ITERS
-    if "--iters" in rest:
-        k = rest.index("--iters")
-        total = int(rest[k + 1])
-        del rest[k:k + 2]
+    p = argparse.ArgumentParser(prog="train_shapes.py --staged", allow_abbrev=False)
+    p.add_argument("--iters", type=int, default=DEFAULT_ITERS)
+    for option in ("--init", "--resume", "--epochs"):
+        p.add_argument(option, help=argparse.SUPPRESS)
+    known, rest = p.parse_known_args(extra)
+    if known.init or known.resume or known.epochs:
+        p.error("--staged sets each stage's --init and --iters itself: pass --iters, not --init, --resume or --epochs")
     stages = STAGES[model]
-    wall, init = 0.0, []
+    if known.iters < len(stages):
+        p.error(f"--iters {known.iters} cannot be split over the {len(stages)} stages of {model}")
+    wall, init, done, rec = 0.0, [], 0, {}
     for s, stage in enumerate(stages):
-        iters = total // len(stages) + (total % len(stages) if s == len(stages) - 1 else 0)
+        iters = known.iters // len(stages) + (s < known.iters % len(stages))
         stage_out = Path(out) / stage
         t, rec, code = run(stage, stage_out, ["--iters", str(iters)] + init + rest)
         wall += t
         if code != 0:
-            break
+            return wall, {}, code
+        done += iters
         init = ["--init", str(stage_out / "checkpoint.npz")]
-    return wall, dict(rec, iter=total), code
+    return wall, dict(rec, iter=done), 0
 
 
 def cpu_name():

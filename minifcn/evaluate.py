@@ -41,7 +41,7 @@ def main(argv=None):
     options = {"size": args.image_size or _trained_image_size(args.checkpoint)} if args.dataset == "shapes" else {}
     dataset = get_dataset(args.dataset, split=args.split, root=args.data_root, **options)
     if dataset.num_classes != net.num_classes:
-        raise SystemExit(f"error: {args.checkpoint} predicts {net.num_classes} classes but {args.dataset} has "
+        raise ValueError(f"{args.checkpoint} predicts {net.num_classes} classes but {args.dataset} has "
                          f"{dataset.num_classes}; evaluate it on the dataset it was trained for")
     visit = None
     if args.save_vis:

@@ -165,7 +165,7 @@ def conv2d_forward(x, W, b=None, stride=1, pad=0, dilation=1):
         for n in range(N):
             for r0, r in bands:
                 cols = _band_cols(x_pad[n], buf, r0, r, g)                  # (K, r*OW)
-                xp.matmul(W2, cols, out=out[n, :, r0:r0 + r].reshape(F, r * OW))   # straight into the band
+                xp.matmul(W2, cols, out=out[n, :, r0:r0 + r].reshape(F, r * OW))   # into the band (CuPy: via a copy)
     if b is not None:
         out += b.reshape(1, F, 1, 1)
     return out, (x, W, b is not None, stride, pad, dilation)

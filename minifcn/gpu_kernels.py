@@ -78,7 +78,7 @@ def _kernel(spec, name):
 def band_cols(x_pad, cols, r0, r, g):
     """im2col of output rows [r0, r0 + r) of one padded image x_pad (C, Hp, Wp) into cols (K, r*OW) (CuPy)."""
     KH, KW, sh, sw, dh, dw, OW = g
-    C, Hp, Wp = x_pad.shape
+    Hp, Wp = x_pad.shape[1:]
     _kernel(IM2COL, "minifcn_im2col")(x_pad, Hp, Wp, r0, r, OW, KH, KW, sh, sw, dh, dw, cols)
     return cols
 
@@ -86,7 +86,9 @@ def band_cols(x_pad, cols, r0, r, g):
 def band_col2im(dcols, dx_pad, r0, r, g):
     """The adjoint of band_cols: add dcols (K, r*OW) onto dx_pad (C, Hp, Wp), one thread per pixel (CuPy)."""
     KH, KW, sh, sw, dh, dw, OW = g
-    y0 = r0 * sh                                              # the first padded row the band reads
-    rows = min(dx_pad.shape[1], y0 + (r - 1) * sh + (KH - 1) * dh + 1) - y0
+    # One thread per pixel that the band's columns can touch: the padded rows from the first one its first output
+    # row reads (y0) to the last one its last output row reads through the bottom kernel tap.
+    y0 = r0 * sh
+    rows = (r - 1) * sh + (KH - 1) * dh + 1
     _kernel(COL2IM_GATHER, "minifcn_col2im")(dcols, rows, dx_pad.shape[2], r, OW, KH, KW, sh, sw, dh, dw,
                                              dx_pad[:, y0:y0 + rows])

@@ -27,9 +27,9 @@ def read_image(path):
         with Image.open(path) as img:
             return np.asarray(img.convert("RGB"))
     except FileNotFoundError:
-        raise SystemExit(f"error: {path}: no such file") from None
+        raise FileNotFoundError(f"{path}: no such image file") from None
     except (UnidentifiedImageError, OSError) as e:
-        raise SystemExit(f"error: {path} is not a readable image ({e})") from None
+        raise ValueError(f"{path} is not a readable image ({e})") from None
 
 
 def main(argv=None):

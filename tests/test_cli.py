@@ -100,7 +100,7 @@ def test_evaluate_and_predict(tmp_path, capsys):
     assert mask.mode == "P" and mask.size == (31, 19)
     assert Image.open(tmp_path / "pred" / "odd_overlay.png").size == (31, 19)
     (tmp_path / "notimage.jpg").write_text("hello")
-    with pytest.raises(SystemExit, match=r"notimage.jpg is not a readable image"):
+    with pytest.raises(ValueError, match=r"notimage.jpg is not a readable image"):
         predict.main([ckpt, str(tmp_path / "notimage.jpg"), "--out", str(tmp_path / "pred")])
 
 
@@ -123,3 +123,22 @@ def test_a_bad_input_ends_in_one_line_not_a_traceback(tmp_path, module, args, me
     assert "Traceback" not in proc.stderr
     proc = subprocess.run(argv, capture_output=True, text=True, env={**env, "MINIFCN_TRACEBACK": "1"}, timeout=120)
     assert proc.returncode == 1 and "Traceback" in proc.stderr and message in proc.stderr
+
+
+def test_only_errors_meant_for_the_user_lose_their_traceback(capsys, monkeypatch):
+    from minifcn import cli
+    monkeypatch.delenv("MINIFCN_TRACEBACK", raising=False)
+
+    def failing(e):
+        def main():
+            raise e
+        return main
+
+    for e in (ValueError("bad mask value 7 in a.png"), FileNotFoundError("no such file: b.npz"),
+              RuntimeError("device 'gpu' needs CuPy"), FloatingPointError("the loss became nan")):
+        assert cli.run(failing(e), "prog") == 2
+        assert capsys.readouterr().err.startswith(f"prog: error: {e}\n")
+    for e in (NotImplementedError("a bug"), RecursionError("a bug"), KeyError("a bug"), TypeError("a bug")):
+        with pytest.raises(type(e)):
+            cli.run(failing(e), "prog")
+    assert cli.run(lambda: 0, "prog") == 0
