@@ -25,8 +25,6 @@ import time
 from pathlib import Path
 
 METRICS = ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")
-
-
 STAGES = {"fcn32s": ["fcn32s"], "fcn16s": ["fcn32s", "fcn16s"], "fcn8s": ["fcn32s", "fcn16s", "fcn8s"],
           "fcn8s-atonce": ["fcn8s-atonce"]}
 
@@ -63,7 +61,7 @@ def run_staged(model, out, extra):
     stages = STAGES[model]
     if known.iters < len(stages):
         p.error(f"--iters {known.iters} cannot be split over the {len(stages)} stages of {model}")
-    wall, init, done, rec = 0.0, [], 0, {}
+    wall, init, done = 0.0, [], 0
     for s, stage in enumerate(stages):
         iters = known.iters // len(stages) + (s < known.iters % len(stages))
         stage_out = Path(out) / stage

@@ -13,6 +13,7 @@ MINIFCN_TRACEBACK=1 to see the traceback of a user error too.
 import os
 import sys
 
+
 def _for_the_user(e):
     """An error minifcn raised with a message for the user: ValueError, OSError, FloatingPointError, or
     RuntimeError itself (not NotImplementedError, RecursionError or CuPy's CUDA errors, which subclass it)."""

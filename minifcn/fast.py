@@ -43,7 +43,7 @@ from contextlib import contextmanager
 
 from . import ops
 from .ops.conv import check_conv2d
-from .backend import check_inputs, pair, xp_of
+from .backend import check_inputs, is_cupy, pair, xp_of
 from .im2col import _geometry, _is_pointwise, im2col
 from . import gpu_kernels, winograd
 
@@ -105,9 +105,10 @@ def _band_cols(x_pad, buf, r0, r, g):
     """im2col of output rows [r0, r0 + r) of one padded image x_pad (C, Hp, Wp) -> (K, r*OW), in buf."""
     KH, KW, sh, sw, dh, dw, OW = g
     C = x_pad.shape[0]
+    cols = buf[:C * KH * KW * r * OW]
     if _cuda_kernels(x_pad):
-        return gpu_kernels.band_cols(x_pad, buf[:C * KH * KW * r * OW].reshape(C * KH * KW, r * OW), r0, r, g)
-    cols = buf[:C * KH * KW * r * OW].reshape(C, KH, KW, r, OW)
+        return gpu_kernels.band_cols(x_pad, cols.reshape(C * KH * KW, r * OW), r0, r, g)
+    cols = cols.reshape(C, KH, KW, r, OW)
     for i in range(KH):
         for j in range(KW):
             y0, x0 = r0 * sh + i * dh, j * dw
@@ -120,7 +121,8 @@ def _band_col2im(dcols, dx_pad, r0, r, g):
     KH, KW, sh, sw, dh, dw, OW = g
     C = dx_pad.shape[0]
     if _cuda_kernels(dx_pad):
-        return gpu_kernels.band_col2im(dcols, dx_pad, r0, r, g)
+        gpu_kernels.band_col2im(dcols, dx_pad, r0, r, g)
+        return
     dcols = dcols.reshape(C, KH, KW, r, OW)
     for i in range(KH):
         for j in range(KW):
@@ -129,8 +131,8 @@ def _band_col2im(dcols, dx_pad, r0, r, g):
 
 
 def _cuda_kernels(a):
-    """Use minifcn.gpu_kernels for this array: on a GPU, with CUDA_KERNELS on."""
-    return CUDA_KERNELS and xp_of(a).__name__ == "cupy"
+    """Use minifcn.gpu_kernels for this array: on a GPU, with CUDA_KERNELS on (a type check: this runs per band)."""
+    return CUDA_KERNELS and is_cupy(a)
 
 
 def _setup(x_shape, W, stride, pad, dilation):

@@ -1,11 +1,14 @@
 """The command-line jobs end to end on tiny settings: train (with exact resume), evaluate, predict."""
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from minifcn import evaluate, models, predict, train
+from minifcn import cli, evaluate, models, predict, train
 from minifcn.ops import softmax_cross_entropy
 
 TINY = ["--backbone", "vgg16-tiny", "--image-size", "24", "--batch-size", "2", "--val-images", "4",
@@ -112,9 +115,6 @@ def test_evaluate_and_predict(tmp_path, capsys):
 def test_a_bad_input_ends_in_one_line_not_a_traceback(tmp_path, module, args, message):
     """python -m minifcn.<job> with a missing file: exit status 2 and 'error: ...' naming it, as argparse does;
     MINIFCN_TRACEBACK=1 brings the traceback back."""
-    import os
-    import subprocess
-    import sys
     argv = [sys.executable, "-m", module, *(a.format(tmp=tmp_path) for a in args)]
     env = {k: v for k, v in os.environ.items() if k != "MINIFCN_TRACEBACK"}
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
@@ -126,7 +126,6 @@ def test_a_bad_input_ends_in_one_line_not_a_traceback(tmp_path, module, args, me
 
 
 def test_only_errors_meant_for_the_user_lose_their_traceback(capsys, monkeypatch):
-    from minifcn import cli
     monkeypatch.delenv("MINIFCN_TRACEBACK", raising=False)
 
     def failing(e):
