@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from . import cli, models
+from . import cli, models, parallel
 from .backend import get_xp, to_numpy
 from .data import get_dataset
 from .data.transforms import TORCHVISION_VGG, batches
@@ -36,10 +36,11 @@ from .optim import SGD, Adam, learning_rate
 from .viz import plot_curves
 
 
-# The bare command's budget: FCN-8s, vgg16-tiny, 160x160 shapes, batch 2, Adam 2e-3 with the poly schedule.
-# Measured on 2 CPU cores (benchmarks/train_shapes.py): under 10 minutes. Larger images in small batches
-# beat many small images here: conv1_1's 100-pixel pad costs the same for every image, whatever its size.
-DEFAULT_ITERS = 3200
+# The bare command's budget: FCN-8s, vgg16-tiny, 160x160 shapes, batch 2 shared by 2 worker processes,
+# Adam 2e-3 with the poly schedule. Measured on 2 CPU cores (benchmarks/train_shapes.py): under 10 minutes.
+# Larger images in small batches beat many small images here: conv1_1's 100-pixel pad costs the same for
+# every image, whatever its size; and more steps of batch 2 beat fewer of batch 4 (benchmarks/RESULTS.md).
+DEFAULT_ITERS = 4800
 DEFAULT_IMAGE_SIZE = 160
 # Dropout 0.5 after fc6 and fc7 is the paper's, for the full VGG16 started from ImageNet weights, which would
 # overfit a small training set without it. The tiny net underfits instead: dropout 0.5 cost it about 0.1 mean IU
@@ -83,6 +84,10 @@ def parse_args(argv=None):
                    help="after fc6 and fc7 in training; default 0.5 (the paper's) for vgg16, 0 for vgg16-tiny, "
                         "which has no capacity to spare")
     p.add_argument("--learnable-upsampling", action="store_true")
+    p.add_argument("--workers", type=int, default=None,
+                   help="CPU only: processes that share every batch (data parallelism); default: one per core, "
+                        "up to the batch size, for vgg16-tiny (whose small layers leave OpenBLAS's second thread "
+                        "idle), 1 for vgg16 and on the GPU")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-every", type=int, default=1000)
     p.add_argument("--val-images", type=int, default=None, help="validate on the first N images only")
@@ -100,6 +105,16 @@ def parse_args(argv=None):
         args.momentum = 0.9 if args.loss == "mean" else 0.99
     if args.dropout is None:
         args.dropout = DEFAULT_DROPOUT[args.backbone]
+    if args.workers is None:
+        tiny_on_cpu = args.device == "cpu" and args.backbone == "vgg16-tiny"
+        args.workers = min(parallel.cores(), args.batch_size) if tiny_on_cpu else 1
+    if args.workers < 1:
+        p.error(f"--workers must be at least 1, got {args.workers}")
+    if args.workers > 1 and args.device != "cpu":
+        p.error("--workers is for the CPU; on the GPU one process does the whole batch (leave it out)")
+    if args.workers > args.batch_size:
+        p.error(f"--workers {args.workers} needs a batch of at least {args.workers} images (--batch-size "
+                f"{args.batch_size}): each worker takes a share of every batch")
     return args
 
 
@@ -229,16 +244,28 @@ def main(argv=None):
     progress = Progress(total, start)
     state = {"iter": start, "best_mean_iu": best, "args": vars(args)}
     it, t_last, pixels = start, time.time(), 0
+    workers = None
     try:
+        if args.workers > 1:        # net.params move into shared memory, which the workers' replicas read
+            workers = parallel.DataParallel(net, args.workers)
+            print(f"{args.workers} worker processes share every batch (data parallelism)", file=sys.stderr)
         with open(log_path, "a") as log:
             while it < total:
                 x, labels = next(batch_iter)
                 x, labels = xp.asarray(x), xp.asarray(labels)
-                for i, layer in dropouts:                           # masks of iteration `it`, reproducibly
-                    layer.rng = xp.random.default_rng(iteration_seed(args.seed, it, 1 + i))
                 lr = learning_rate(args.lr, it, args.lr_policy, max_iter=total)
-                scores_ = net.forward(x, train=True)                # (N, K, H, W)
-                loss, dscores = softmax_cross_entropy(scores_, labels, reduction=args.loss)
+                if workers is None:
+                    for i, layer in dropouts:                       # masks of iteration `it`, reproducibly
+                        layer.rng = xp.random.default_rng(iteration_seed(args.seed, it, 1 + i))
+                    scores_ = net.forward(x, train=True)            # (N, K, H, W)
+                    loss, dscores = softmax_cross_entropy(scores_, labels, reduction=args.loss)
+                    if math.isfinite(loss):
+                        net.backward(dscores)
+                    grads = net.grads
+                else:                                               # the same step, shared out
+                    seeds = [[iteration_seed(args.seed, it, 1 + i + 1000 * rank) for i, _ in dropouts]
+                             for rank in range(args.workers)]
+                    loss, grads = workers.step(x, labels, args.loss, seeds)
                 if not math.isfinite(loss):
                     progress.newline()
                     raise FloatingPointError(
@@ -246,8 +273,7 @@ def main(argv=None):
                         f"for the loss: --loss sum adds up every pixel and needs a tiny rate (the paper's 1e-10 "
                         f"with momentum 0.99), --loss mean pairs with ~1e-4..1e-2 (yours: --loss {args.loss} "
                         f"--lr {args.lr:g}). The last good checkpoint is kept: {ckpt_path}")
-                net.backward(dscores)
-                opt.step(net.grads, lr)
+                opt.step(grads, lr)
                 it += 1
                 pixels += int(np.prod(labels.shape))
                 if it % args.log_every == 0 or it == total:
@@ -280,6 +306,9 @@ def main(argv=None):
     except FloatingPointError as e:
         print(f"\nstopped: {e}", file=sys.stderr)
         return 1
+    finally:
+        if workers is not None:
+            workers.close()
     progress.newline()
     print(f"done: {total} iterations; best val mean IU {state['best_mean_iu']:.4f}; checkpoint {ckpt_path}",
           file=sys.stderr)

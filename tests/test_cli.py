@@ -12,7 +12,7 @@ from minifcn import cli, evaluate, models, predict, train
 from minifcn.ops import softmax_cross_entropy
 
 TINY = ["--backbone", "vgg16-tiny", "--image-size", "24", "--batch-size", "2", "--val-images", "4",
-        "--log-every", "1", "--seed", "3"]
+        "--log-every", "1", "--seed", "3", "--workers", "1"]       # one process (tests/test_parallel.py: more)
 
 
 def run_train(out, *extra):

@@ -1,0 +1,202 @@
+"""Data parallelism on the CPU: worker processes that share every batch, the way frameworks scale training.
+
+Why it pays here: the tiny VGG16's layers have 4 to 32 channels, too few for OpenBLAS to keep a second
+core busy, so most of a training step is NumPy passes over memory on one core (one thread or two, the
+bare run's step takes about the same time). Two processes, each on its own core with half of the batch,
+take a step in about 0.6 of the time (benchmarks/RESULTS.md). The full VGG16 gains nothing: its matrix
+products already use every core.
+
+How one iteration goes (R workers, ranks 0..R-1):
+
+    trainer:  split the batch's N images into R shares (np.array_split) and send share r to worker r
+    worker r: forward, the per-pixel loss SUMMED over its labelled pixels, backward; write its gradients
+              into its own block of shared memory; answer (its summed loss, its count of labelled pixels)
+    trainer:  add the R gradient blocks in rank order (deterministic), divide by the batch's labelled
+              pixels for the mean loss, and take the optimiser step
+
+The sum of the shares' summed losses is the whole batch's summed loss, and a gradient is linear in the
+loss, so the update is the one a single process would make on the whole batch, up to float rounding.
+The parameters themselves live in one more block of shared memory: every worker's net and the trainer's
+net hold views of the same arrays, so the optimiser's in-place update reaches every worker, and there is
+nothing to send back. Dropout masks differ from a single process's (each worker draws its own).
+
+    dp = DataParallel(net, workers=2)        # net.params now live in shared memory
+    loss, grads = dp.step(x, labels, "mean", dropout_seeds)
+    optimizer.step(grads, lr)                # in place, seen by every worker
+    dp.close()
+"""
+import multiprocessing as mp
+import os
+import traceback
+
+import numpy as np
+
+from . import models
+from .layers import Dropout
+from .ops import softmax_cross_entropy
+
+IGNORE_LABEL = 255
+THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")   # one core per worker
+
+
+def cores():
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def layout(params):
+    """{key: (offset, shape)} placing every parameter one after another in one flat block; and its length."""
+    places, offset = {}, 0
+    for key, value in params.items():
+        places[key] = (offset, tuple(value.shape))
+        offset += int(value.size)
+    return places, offset
+
+
+def views(block, places, dtype):
+    """{key: array} views into a shared block laid out by `layout` (no copy)."""
+    flat = np.frombuffer(block, dtype=dtype)
+    return {k: flat[o:o + int(np.prod(shape))].reshape(shape) for k, (o, shape) in places.items()}
+
+
+class DataParallel:
+    """R worker processes, each with a replica of `net` whose parameters are shared with it (see the top)."""
+
+    def __init__(self, net, workers):
+        if net.device != "cpu":
+            raise ValueError("data parallelism with worker processes is for the CPU; on a GPU use one process "
+                             "(--workers 1)")
+        if workers < 2:
+            raise ValueError(f"DataParallel needs at least 2 workers, got {workers}")
+        ctx = mp.get_context("spawn")            # a fresh interpreter: forking a process that runs OpenBLAS can hang
+        self.dtype = np.dtype(net.params["conv1_1.W"].dtype)
+        ctype = np.ctypeslib.as_ctypes_type(self.dtype)
+        self.places, total = layout(net.params)
+        self.trainable = [k for k in net.params if k not in net.frozen]
+        param_block = ctx.RawArray(ctype, total)                                   # (P,) parameters
+        for key, view in views(param_block, self.places, self.dtype).items():
+            view[...] = net.params[key]
+            net.params[key] = view               # the trainer's net (and its optimiser) now update the block
+        grad_blocks = [ctx.RawArray(ctype, total) for _ in range(workers)]       # R x (P,) gradients
+        self.grads = [views(block, self.places, self.dtype) for block in grad_blocks]
+        config = {"name": net.arch, "num_classes": net.num_classes, "backbone": net.backbone, "width": net.width,
+                  "dropout": net.dropout, "learnable_upsampling": net.learnable_upsampling}
+        self.pipes, self.processes = [], []
+        saved = {v: os.environ.get(v) for v in THREAD_VARIABLES}
+        try:
+            os.environ.update({v: "1" for v in THREAD_VARIABLES})              # read by the child at start-up
+            for rank in range(workers):
+                mine, theirs = ctx.Pipe()
+                proc = ctx.Process(target=_worker, daemon=True, name=f"minifcn-worker-{rank}",
+                                   args=(config, self.places, self.dtype.str, self.trainable, param_block,
+                                         grad_blocks[rank], theirs))
+                proc.start()
+                theirs.close()
+                self.pipes.append(mine)
+                self.processes.append(proc)
+        finally:
+            for v, old in saved.items():
+                if old is None:
+                    del os.environ[v]
+                else:
+                    os.environ[v] = old
+        for rank in range(workers):
+            self._answer(rank)                   # "ready", or the worker's error
+
+    @property
+    def workers(self):
+        return len(self.pipes)
+
+    def step(self, x, labels, reduction="mean", dropout_seeds=()):
+        """Forward and backward of x (N, 3, H, W) / labels (N, H, W) over the workers -> (loss, grads).
+
+        reduction: "mean" over the batch's labelled pixels or "sum"; dropout_seeds[r]: the seeds of worker
+        r's dropout layers for this iteration. grads: {key: array} of the trainable parameters, new arrays.
+        """
+        shares = np.array_split(np.arange(len(x)), min(self.workers, len(x)))   # an epoch's last batch may be short
+        for rank, rows in enumerate(shares):
+            seeds = dropout_seeds[rank] if dropout_seeds else ()
+            try:
+                self.pipes[rank].send((x[rows], labels[rows], seeds))
+            except (BrokenPipeError, OSError):
+                raise self._stopped(rank) from None
+        answers = [self._answer(rank) for rank in range(len(shares))]           # [(summed loss, pixels)]
+        loss = sum(a[0] for a in answers)
+        pixels = sum(a[1] for a in answers)
+        grads = {}
+        for key in self.trainable:
+            g = self.grads[0][key].copy()
+            for rank in range(1, len(shares)):
+                g += self.grads[rank][key]
+            grads[key] = g
+        if reduction == "mean" and pixels:
+            scale = 1.0 / pixels
+            loss *= scale
+            for g in grads.values():
+                g *= self.dtype.type(scale)
+        return loss, grads
+
+    def _answer(self, rank):
+        try:
+            reply = self.pipes[rank].recv()
+        except EOFError:
+            raise self._stopped(rank) from None
+        if reply[0] == "error":
+            raise RuntimeError(f"data-parallel worker {rank} failed:\n{reply[1]}")
+        return reply[1:]
+
+    def _stopped(self, rank):
+        self.processes[rank].join(timeout=1)
+        return RuntimeError(f"data-parallel worker {rank} stopped (exit code {self.processes[rank].exitcode}); "
+                            "run with --workers 1 to see the error in this process")
+
+    def close(self):
+        """Stop the workers (safe to call twice, and after a worker died)."""
+        for pipe in self.pipes:
+            try:
+                pipe.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        for proc in self.processes:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.terminate()
+        for pipe in self.pipes:
+            pipe.close()
+        self.pipes, self.processes = [], []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _worker(config, places, dtype, trainable, param_block, grad_block, pipe):
+    """One worker: a replica of the net on the shared parameters; answers one message per iteration."""
+    try:
+        net = models.build(**config)
+        for key, view in views(param_block, places, dtype).items():
+            net.params[key] = view
+        net.input_grad = False
+        grads = views(grad_block, places, dtype)
+        dropouts = [layer for layer in net.layers if isinstance(layer, Dropout) and layer.p > 0]
+        pipe.send(("ready",))
+        while (message := pipe.recv()) is not None:
+            x, labels, seeds = message
+            for layer, seed in zip(dropouts, seeds):
+                layer.rng = np.random.default_rng(seed)
+            scores = net.forward(x, train=True)                                   # (n, K, H, W)
+            loss, dscores = softmax_cross_entropy(scores, labels, IGNORE_LABEL, reduction="sum")
+            net.backward(dscores)
+            for key in trainable:
+                np.copyto(grads[key], net.grads[key])
+            pipe.send(("ok", loss, int(np.count_nonzero(labels != IGNORE_LABEL))))
+    except (KeyboardInterrupt, EOFError, BrokenPipeError):
+        pass                                     # Ctrl-C reaches every process; the trainer reports it
+    except Exception:                            # noqa: BLE001 - sent to the trainer, which raises it
+        try:
+            pipe.send(("error", traceback.format_exc()))
+        except (BrokenPipeError, OSError):
+            pass
+

@@ -1,0 +1,184 @@
+"""Data parallelism (minifcn.parallel): worker processes that share a batch must give the whole batch's
+loss and gradients, see the trainer's in-place updates, and fail loudly; train --workers end to end."""
+import json
+
+import numpy as np
+import pytest
+
+from minifcn import models, parallel, train
+from minifcn.ops import softmax_cross_entropy
+
+K = 6
+
+
+def tiny_net(dropout=0.0):
+    """A tiny FCN-8s whose score layers are not zero: a fresh net scores every pixel alike, and its loss
+    would be the same whichever way the shares were averaged."""
+    net = models.build("fcn8s", num_classes=K, backbone="vgg16-tiny", dropout=dropout, seed=5)
+    rng = np.random.default_rng(6)
+    for key in ("score_fr.W", "score_pool4.W", "score_pool3.W"):
+        net.params[key] = rng.normal(0, 0.1, net.params[key].shape).astype(np.float32)
+    return net
+
+
+def batch(n=3, size=20, seed=0):
+    """x (n, 3, size, size), labels with void pixels, unevenly spread: image 0 has many, image 2 none."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 3, size, size)).astype(np.float32)
+    labels = rng.integers(0, K, (n, size, size))
+    labels[0, : size // 2] = 255
+    labels[1:2, :2] = 255
+    return x, labels
+
+
+def copy_of(net):
+    """A separate net with `net`'s current parameters (the shared net changes as the tests go)."""
+    other = tiny_net()
+    for key in other.params:
+        other.params[key] = net.params[key].copy()
+    return other
+
+
+def whole_batch(net, x, labels, reduction):
+    """The reference: one process, the whole batch."""
+    net.input_grad = False
+    loss, dscores = softmax_cross_entropy(net.forward(x, train=True), labels, reduction=reduction)
+    net.backward(dscores)
+    return loss, {k: g.copy() for k, g in net.grads.items() if k not in net.frozen}
+
+
+@pytest.fixture(scope="module")
+def shared():
+    """Two workers on a tiny FCN-8s (starting processes is slow, so the tests share them)."""
+    net = tiny_net()
+    with parallel.DataParallel(net, 2) as dp:
+        yield net, dp
+
+
+def test_layout_and_views_share_one_block():
+    params = {"a.W": np.ones((2, 3), np.float32), "a.b": np.zeros(4, np.float32)}
+    places, total = parallel.layout(params)
+    assert places == {"a.W": (0, (2, 3)), "a.b": (6, (4,))} and total == 10
+    block = bytearray(4 * total)
+    v = parallel.views(block, places, np.float32)
+    v["a.b"][1] = 7.0
+    assert np.frombuffer(block, np.float32)[7] == 7.0 and v["a.W"].shape == (2, 3)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_shared_step_equals_the_whole_batch(shared, reduction):
+    """Shares of 2 and 1 images with different numbers of void pixels: the mean must divide by the
+    batch's labelled pixels (averaging the workers' means would not match), and every gradient agree."""
+    net, dp = shared
+    x, labels = batch()
+    ref_loss, ref = whole_batch(copy_of(net), x, labels, reduction)
+    loss, grads = dp.step(x, labels, reduction)
+    assert loss == pytest.approx(ref_loss, rel=1e-5)
+    assert sorted(grads) == sorted(ref)
+    for k in ref:
+        np.testing.assert_allclose(grads[k], ref[k], rtol=2e-4, atol=1e-5 * float(np.abs(ref[k]).max()), err_msg=k)
+
+
+def test_workers_see_the_trainers_in_place_update(shared):
+    net, dp = shared
+    x, labels = batch(seed=1)
+    for key in ("conv3_1.W", "fc6.W", "score_fr.W"):
+        net.params[key] += np.float32(0.01)                  # what an optimiser step does, in place
+    _, grads = dp.step(x, labels, "mean")
+    _, ref = whole_batch(copy_of(net), x, labels, "mean")
+    np.testing.assert_allclose(grads["score_fr.W"], ref["score_fr.W"], rtol=2e-4, atol=1e-7)
+    np.testing.assert_allclose(grads["conv1_1.W"], ref["conv1_1.W"], rtol=2e-4, atol=1e-7)
+
+
+def test_a_batch_smaller_than_the_workers_uses_fewer(shared):
+    net, dp = shared
+    x, labels = batch(n=1, seed=2)
+    ref_loss, ref = whole_batch(copy_of(net), x, labels, "mean")
+    loss, grads = dp.step(x, labels, "mean")
+    assert loss == pytest.approx(ref_loss, rel=1e-5)
+    np.testing.assert_allclose(grads["conv2_1.W"], ref["conv2_1.W"], rtol=2e-4, atol=1e-7)
+
+
+def test_a_workers_error_reaches_the_trainer():
+    x, labels = batch(seed=3)
+    labels[2, 0, 0] = 9                                            # outside the 6 classes, not void
+    with parallel.DataParallel(tiny_net(), 2) as dp:
+        with pytest.raises(RuntimeError, match=r"(?s)worker 1 failed:.*labels \[9\] are outside \[0, 6\)"):
+            dp.step(x, labels, "mean")
+        with pytest.raises(RuntimeError, match=r"worker 1 stopped"):   # it ended; the next step says so
+            dp.step(*batch(seed=3), "mean")
+
+
+def test_one_worker_is_refused():
+    with pytest.raises(ValueError, match="at least 2 workers"):
+        parallel.DataParallel(tiny_net(), 1)
+
+
+# ------------------------------------------------------------------------ train --workers, end to end
+
+TINY = ["--backbone", "vgg16-tiny", "--image-size", "24", "--batch-size", "2", "--val-images", "2",
+        "--log-every", "1", "--seed", "3", "--val-every", "100"]
+
+
+def params_of(path):
+    return models.load(path).params
+
+
+def test_train_with_two_workers_matches_one_process(tmp_path):
+    for w in ("1", "2"):
+        assert train.main([*TINY, "--iters", "2", "--workers", w, "--out", str(tmp_path / w)]) == 0
+    one, two = params_of(tmp_path / "1" / "checkpoint.npz"), params_of(tmp_path / "2" / "checkpoint.npz")
+    for key in one:
+        np.testing.assert_allclose(two[key], one[key], rtol=1e-4, atol=1e-5, err_msg=key)
+    start = models.build("fcn8s", num_classes=K, backbone="vgg16-tiny", seed=3).params     # TINY's seed
+    assert not np.allclose(two["conv1_1.W"], start["conv1_1.W"]), "training changed nothing"
+
+
+def test_resume_with_workers_continues_exactly(tmp_path, monkeypatch):
+    """Interrupted during iteration 4 (checkpoint at 2), resumed: equal to the bit to the uninterrupted run,
+    dropout on (each worker's masks are seeded by iteration and rank)."""
+    args = [*TINY, "--iters", "5", "--checkpoint-every", "2", "--workers", "2", "--dropout", "0.5"]
+    assert train.main([*args, "--out", str(tmp_path / "whole")]) == 0
+    calls, step = [], parallel.DataParallel.step
+
+    def interrupted(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return step(self, *a, **kw)
+    monkeypatch.setattr(parallel.DataParallel, "step", interrupted)
+    assert train.main([*args, "--out", str(tmp_path / "part")]) == 130
+    monkeypatch.undo()
+    assert train.main([*args, "--out", str(tmp_path / "part"), "--resume", str(tmp_path / "part" / "checkpoint.npz")]) == 0
+    a, b = params_of(tmp_path / "whole" / "checkpoint.npz"), params_of(tmp_path / "part" / "checkpoint.npz")
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    losses = lambda p: [r["loss"] for r in map(json.loads, open(p / "log.jsonl")) if "loss" in r]  # noqa: E731
+    assert losses(tmp_path / "whole") == losses(tmp_path / "part")
+
+
+def test_nan_loss_in_the_workers_stops_training(tmp_path, capsys):
+    code = train.main([*TINY, "--iters", "30", "--workers", "2", "--loss", "sum", "--lr", "1e6",
+                       "--out", str(tmp_path)])
+    assert code == 1 and "the loss became" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--workers", "3"], "--workers 3 needs a batch of at least 3"),
+    (["--workers", "0"], "--workers must be at least 1"),
+    (["--workers", "2", "--device", "gpu"], "--workers is for the CPU"),
+])
+def test_bad_worker_counts_are_refused(tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as e:
+        train.parse_args([*TINY, *extra, "--out", str(tmp_path)])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_default_workers(monkeypatch):
+    monkeypatch.setattr(parallel, "cores", lambda: 2)
+    assert train.parse_args([]).workers == 2                                  # the bare run: tiny, CPU, batch 2
+    assert train.parse_args(["--batch-size", "1"]).workers == 1
+    assert train.parse_args(["--backbone", "vgg16"]).workers == 1             # its products use both cores
+    assert train.parse_args(["--device", "gpu"]).workers == 1
+    monkeypatch.setattr(parallel, "cores", lambda: 1)
+    assert train.parse_args([]).workers == 1
