@@ -100,8 +100,12 @@ class DataParallel:
                     del os.environ[v]
                 else:
                     os.environ[v] = old
-        for rank in range(workers):
-            self._answer(rank)                   # "ready", or the worker's error
+        try:
+            for rank in range(workers):
+                self._answer(rank)               # "ready", or the worker's error
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def workers(self):

@@ -10,7 +10,9 @@ What one iteration does, in order: take a batch, forward with train=True, the pe
 loss and its gradient, net.backward, one optimiser step (Adam by default with --loss mean, for training
 from scratch; the paper's SGD with --optimizer sgd, and always with --loss sum). Everything random in
 iteration i (which images, their mirroring, the dropout masks) is drawn from generators seeded by
-(seed, i), so --resume continues exactly where a run stopped.
+(seed, i), so --resume continues exactly where a run stopped. With --workers N (the default for the tiny net
+on a CPU with several cores) forward, loss and backward run in N worker processes, each on its share of the
+batch, and this process adds their gradients and takes the step (minifcn/parallel.py).
 
 Written to --out: log.jsonl (one JSON object per logged iteration and per validation), curves.png,
 checkpoint.npz (every --checkpoint-every iterations and at the end; atomically, so a crash or
