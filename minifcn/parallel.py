@@ -1,24 +1,29 @@
 """Data parallelism on the CPU: worker processes that share every batch, the way frameworks scale training.
 
 Why it pays here: the tiny VGG16's layers have 4 to 32 channels, too few for OpenBLAS to keep a second
-core busy, so most of a training step is NumPy passes over memory on one core (one thread or two, the
-bare run's step takes about the same time). Two processes, each on its own core with half of the batch,
-take a step in about 0.6 of the time (benchmarks/RESULTS.md). The full VGG16 gains nothing: its matrix
-products already use every core.
+core busy, so most of a training step is NumPy passes over memory on one core (with one OpenBLAS thread
+or two, the bare run's step takes about the same time). Two processes with half of the batch each, one
+OpenBLAS thread each, take a step in about 0.6 of the time (benchmarks/RESULTS.md). The full VGG16
+gains nothing: its matrix products already use every core.
 
-How one iteration goes (R workers, ranks 0..R-1):
+Why splitting a batch is exact: no layer of an FCN mixes the images of a batch (there is no batch
+normalisation), so each image's scores, and its share of the loss's gradient, are the same whichever
+process computes them. The loss of a batch is a sum over its labelled pixels (divided by their count for
+the mean loss), and a gradient is linear in the loss, so the sum of the shares' gradients is the batch's.
+
+How one iteration goes (R workers, ranks 0..R-1; a batch of N < R images uses the first N):
 
     trainer:  split the batch's N images into R shares (np.array_split) and send share r to worker r
     worker r: forward, the per-pixel loss SUMMED over its labelled pixels, backward; write its gradients
               into its own block of shared memory; answer (its summed loss, its count of labelled pixels)
     trainer:  add the R gradient blocks in rank order (deterministic), divide by the batch's labelled
-              pixels for the mean loss, and take the optimiser step
+              pixels for the mean loss (not for the sum loss), and take the optimiser step
 
-The sum of the shares' summed losses is the whole batch's summed loss, and a gradient is linear in the
-loss, so the update is the one a single process would make on the whole batch, up to float rounding.
 The parameters themselves live in one more block of shared memory: every worker's net and the trainer's
 net hold views of the same arrays, so the optimiser's in-place update reaches every worker, and there is
-nothing to send back. Dropout masks differ from a single process's (each worker draws its own).
+nothing to send back. (So nothing may replace the trainer's arrays afterwards: net.to, net.astype and
+net.load_weights make new ones, which the workers would never see.) The update equals one process's on
+the whole batch up to float rounding; dropout masks differ (each worker draws its own).
 
     dp = DataParallel(net, workers=2)        # net.params now live in shared memory
     loss, grads = dp.step(x, labels, "mean", dropout_seeds)
@@ -36,7 +41,8 @@ from .layers import Dropout
 from .ops import softmax_cross_entropy
 
 IGNORE_LABEL = 255
-THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")   # one core per worker
+THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",   # one BLAS thread per worker
+                    "VECLIB_MAXIMUM_THREADS")
 
 
 def cores():
@@ -79,33 +85,32 @@ class DataParallel:
             net.params[key] = view               # the trainer's net (and its optimiser) now update the block
         grad_blocks = [ctx.RawArray(ctype, total) for _ in range(workers)]       # R x (P,) gradients
         self.grads = [views(block, self.places, self.dtype) for block in grad_blocks]
-        config = {"name": net.arch, "num_classes": net.num_classes, "backbone": net.backbone, "width": net.width,
-                  "dropout": net.dropout, "learnable_upsampling": net.learnable_upsampling}
+        config = {k: v for k, v in net.config().items() if k in ("num_classes", "backbone", "width", "dropout",
+                                                                 "learnable_upsampling")}
         self.pipes, self.processes = [], []
         saved = {v: os.environ.get(v) for v in THREAD_VARIABLES}
+        os.environ.update({v: "1" for v in THREAD_VARIABLES})                  # read by each child at start-up
         try:
-            os.environ.update({v: "1" for v in THREAD_VARIABLES})              # read by the child at start-up
             for rank in range(workers):
                 mine, theirs = ctx.Pipe()
                 proc = ctx.Process(target=_worker, daemon=True, name=f"minifcn-worker-{rank}",
-                                   args=(config, self.places, self.dtype.str, self.trainable, param_block,
+                                   args=(net.arch, config, self.places, self.dtype, self.trainable, param_block,
                                          grad_blocks[rank], theirs))
-                proc.start()
-                theirs.close()
                 self.pipes.append(mine)
                 self.processes.append(proc)
-        finally:
-            for v, old in saved.items():
-                if old is None:
-                    del os.environ[v]
-                else:
-                    os.environ[v] = old
-        try:
+                proc.start()
+                theirs.close()
             for rank in range(workers):
                 self._answer(rank)               # "ready", or the worker's error
         except BaseException:
             self.close()
             raise
+        finally:
+            for v, old in saved.items():         # this process's own settings, as they were
+                if old is None:
+                    del os.environ[v]
+                else:
+                    os.environ[v] = old
 
     @property
     def workers(self):
@@ -116,21 +121,30 @@ class DataParallel:
 
         reduction: "mean" over the batch's labelled pixels or "sum"; dropout_seeds[r]: the seeds of worker
         r's dropout layers for this iteration. grads: {key: array} of the trainable parameters, new arrays.
+        If anything goes wrong mid-step (a worker's error, Ctrl-C), the workers are closed: their answers
+        and gradient blocks would be out of step with the next call.
         """
-        shares = np.array_split(np.arange(len(x)), min(self.workers, len(x)))   # an epoch's last batch may be short
-        for rank, rows in enumerate(shares):
-            seeds = dropout_seeds[rank] if dropout_seeds else ()
-            try:
-                self.pipes[rank].send((x[rows], labels[rows], seeds))
-            except (BrokenPipeError, OSError):
-                raise self._stopped(rank) from None
-        answers = [self._answer(rank) for rank in range(len(shares))]           # [(summed loss, pixels)]
+        if reduction not in ("sum", "mean"):
+            raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+        if not self.pipes:
+            raise RuntimeError("this DataParallel is closed (after close() or a failed step); make a new one")
+        R = min(self.workers, len(x))                 # an epoch's last batch may be short
+        try:
+            for rank, (xs, ys) in enumerate(zip(np.array_split(x, R), np.array_split(labels, R))):
+                try:
+                    self.pipes[rank].send((xs, ys, dropout_seeds[rank] if dropout_seeds else ()))
+                except OSError:                       # BrokenPipeError and the like: the worker is gone
+                    raise self._stopped(rank) from None
+            answers = [self._answer(rank) for rank in range(R)]                 # [(summed loss, pixels)]
+        except BaseException:
+            self.close()
+            raise
         loss = sum(a[0] for a in answers)
         pixels = sum(a[1] for a in answers)
         grads = {}
         for key in self.trainable:
             g = self.grads[0][key].copy()
-            for rank in range(1, len(shares)):
+            for rank in range(1, R):
                 g += self.grads[rank][key]
             grads[key] = g
         if reduction == "mean" and pixels:
@@ -143,7 +157,7 @@ class DataParallel:
     def _answer(self, rank):
         try:
             reply = self.pipes[rank].recv()
-        except EOFError:
+        except (EOFError, OSError):                  # closed, or reset by a killed worker
             raise self._stopped(rank) from None
         if reply[0] == "error":
             raise RuntimeError(f"data-parallel worker {rank} failed:\n{reply[1]}")
@@ -159,12 +173,15 @@ class DataParallel:
         for pipe in self.pipes:
             try:
                 pipe.send(None)
-            except (BrokenPipeError, OSError):
+            except OSError:
                 pass
         for proc in self.processes:
+            if proc.pid is None:                      # never started
+                continue
             proc.join(timeout=5)
             if proc.is_alive():
                 proc.terminate()
+                proc.join()
         for pipe in self.pipes:
             pipe.close()
         self.pipes, self.processes = [], []
@@ -176,10 +193,10 @@ class DataParallel:
         self.close()
 
 
-def _worker(config, places, dtype, trainable, param_block, grad_block, pipe):
+def _worker(arch, config, places, dtype, trainable, param_block, grad_block, pipe):
     """One worker: a replica of the net on the shared parameters; answers one message per iteration."""
     try:
-        net = models.build(**config)
+        net = models.build(arch, **config)
         for key, view in views(param_block, places, dtype).items():
             net.params[key] = view
         net.input_grad = False
@@ -196,11 +213,11 @@ def _worker(config, places, dtype, trainable, param_block, grad_block, pipe):
             for key in trainable:
                 np.copyto(grads[key], net.grads[key])
             pipe.send(("ok", loss, int(np.count_nonzero(labels != IGNORE_LABEL))))
-    except (KeyboardInterrupt, EOFError, BrokenPipeError):
-        pass                                     # Ctrl-C reaches every process; the trainer reports it
+    except (KeyboardInterrupt, EOFError, ConnectionError):
+        pass                                     # Ctrl-C reaches every process (the trainer reports it), or the trainer is gone
     except Exception:                            # noqa: BLE001 - sent to the trainer, which raises it
         try:
             pipe.send(("error", traceback.format_exc()))
-        except (BrokenPipeError, OSError):
+        except OSError:
             pass
 

@@ -215,6 +215,11 @@ def main(argv=None):
         if saved != args.optimizer:
             print(f"note: {args.resume} was trained with {saved}; --optimizer {args.optimizer} starts with fresh "
                   "optimiser state (the parameters and iteration carry over)", file=sys.stderr)
+        saved_workers = state.get("args", {}).get("workers", 1)
+        if saved_workers != args.workers:
+            print(f"note: {args.resume} was trained with --workers {saved_workers}, this run uses {args.workers}: it "
+                  "continues, but not to the bit (gradients are summed in another order, dropout masks differ); "
+                  f"pass --workers {saved_workers} for an exact continuation", file=sys.stderr)
         _truncate_log(log_path, start)
     else:
         net = models.build(args.model, num_classes=K, backbone=args.backbone, width=args.width,
@@ -248,7 +253,9 @@ def main(argv=None):
     it, t_last, pixels = start, time.time(), 0
     workers = None
     try:
-        if args.workers > 1:        # net.params move into shared memory, which the workers' replicas read
+        if args.workers > 1:
+            # net.params move into shared memory, which the workers' replicas read; the optimiser, made above,
+            # finds the shared arrays through net.params at every step and updates them in place
             workers = parallel.DataParallel(net, args.workers)
             print(f"{args.workers} worker processes share every batch (data parallelism)", file=sys.stderr)
         with open(log_path, "a") as log:
@@ -265,6 +272,7 @@ def main(argv=None):
                         net.backward(dscores)
                     grads = net.grads
                 else:                                               # the same step, shared out
+                    # rank 0 draws the masks one process would (streams 1 + i); rank r streams 1 + i + 1000 r
                     seeds = [[iteration_seed(args.seed, it, 1 + i + 1000 * rank) for i, _ in dropouts]
                              for rank in range(args.workers)]
                     loss, grads = workers.step(x, labels, args.loss, seeds)

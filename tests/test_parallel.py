@@ -1,6 +1,9 @@
 """Data parallelism (minifcn.parallel): worker processes that share a batch must give the whole batch's
 loss and gradients, see the trainer's in-place updates, and fail loudly; train --workers end to end."""
 import json
+import multiprocessing
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -93,6 +96,7 @@ def test_workers_see_the_trainers_in_place_update(shared):
 def test_a_batch_smaller_than_the_workers_uses_fewer(shared):
     net, dp = shared
     x, labels = batch(n=1, seed=2)
+    dp.grads[1]["conv2_1.W"][...] = np.nan                  # worker 1 must not be asked, nor its block read
     ref_loss, ref = whole_batch(copy_of(net), x, labels, "mean")
     loss, grads = dp.step(x, labels, "mean")
     assert loss == pytest.approx(ref_loss, rel=1e-5)
@@ -103,10 +107,25 @@ def test_a_workers_error_reaches_the_trainer():
     x, labels = batch(seed=3)
     labels[2, 0, 0] = 9                                            # outside the 6 classes, not void
     with parallel.DataParallel(tiny_net(), 2) as dp:
+        procs = list(dp.processes)
         with pytest.raises(RuntimeError, match=r"(?s)worker 1 failed:.*labels \[9\] are outside \[0, 6\)"):
             dp.step(x, labels, "mean")
-        with pytest.raises(RuntimeError, match=r"worker 1 stopped"):   # it ended; the next step says so
+        with pytest.raises(RuntimeError, match=r"is closed"):        # a failed step closes the workers
             dp.step(*batch(seed=3), "mean")
+    assert not any(p.is_alive() for p in procs)
+
+
+def test_a_killed_worker_is_reported_and_the_environment_restored(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    with parallel.DataParallel(tiny_net(), 2) as dp:
+        procs = list(dp.processes)
+        assert os.environ["OMP_NUM_THREADS"] == "4" and "OPENBLAS_NUM_THREADS" not in os.environ
+        os.kill(dp.processes[1].pid, signal.SIGKILL)                # the OOM killer, say
+        dp.processes[1].join()
+        with pytest.raises(RuntimeError, match=r"worker 1 stopped \(exit code -9\)"):
+            dp.step(*batch(seed=4), "mean")
+    assert not any(p.is_alive() for p in procs)
 
 
 def test_one_worker_is_refused():
@@ -130,31 +149,37 @@ def test_train_with_two_workers_matches_one_process(tmp_path):
     one, two = params_of(tmp_path / "1" / "checkpoint.npz"), params_of(tmp_path / "2" / "checkpoint.npz")
     for key in one:
         np.testing.assert_allclose(two[key], one[key], rtol=1e-4, atol=1e-5, err_msg=key)
+    np.testing.assert_allclose(losses(tmp_path / "2"), losses(tmp_path / "1"), rtol=1e-5)   # the mean, not the sum
     start = models.build("fcn8s", num_classes=K, backbone="vgg16-tiny", seed=3).params     # TINY's seed
     assert not np.allclose(two["conv1_1.W"], start["conv1_1.W"]), "training changed nothing"
 
 
-def test_resume_with_workers_continues_exactly(tmp_path, monkeypatch):
-    """Interrupted during iteration 4 (checkpoint at 2), resumed: equal to the bit to the uninterrupted run,
-    dropout on (each worker's masks are seeded by iteration and rank)."""
-    args = [*TINY, "--iters", "5", "--checkpoint-every", "2", "--workers", "2", "--dropout", "0.5"]
-    assert train.main([*args, "--out", str(tmp_path / "whole")]) == 0
-    calls, step = [], parallel.DataParallel.step
+def losses(run):
+    return [r["loss"] for r in map(json.loads, open(run / "log.jsonl")) if "loss" in r]
 
-    def interrupted(self, *a, **kw):
-        calls.append(1)
-        if len(calls) == 4:
+
+def test_resume_with_workers_continues_exactly(tmp_path, monkeypatch):
+    """Ctrl-C while the workers compute iteration 4 (checkpoint at 2), resumed: equal to the bit to the
+    uninterrupted run, dropout on (each worker's masks are seeded by iteration and rank)."""
+    args = [*TINY, "--iters", "5", "--checkpoint-every", "2", "--workers", "2", "--dropout", "0.5"]
+    before = set(multiprocessing.active_children())           # the module's shared workers
+    assert train.main([*args, "--out", str(tmp_path / "whole")]) == 0
+    calls, answer = [], parallel.DataParallel._answer
+
+    def interrupted(self, rank):
+        calls.append(rank)
+        if len(calls) == 2 + 3 * 2 + 1:                  # 2 "ready"s, 3 steps of 2 answers, then step 4's first
             raise KeyboardInterrupt
-        return step(self, *a, **kw)
-    monkeypatch.setattr(parallel.DataParallel, "step", interrupted)
+        return answer(self, rank)
+    monkeypatch.setattr(parallel.DataParallel, "_answer", interrupted)
     assert train.main([*args, "--out", str(tmp_path / "part")]) == 130
     monkeypatch.undo()
     assert train.main([*args, "--out", str(tmp_path / "part"), "--resume", str(tmp_path / "part" / "checkpoint.npz")]) == 0
     a, b = params_of(tmp_path / "whole" / "checkpoint.npz"), params_of(tmp_path / "part" / "checkpoint.npz")
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-    losses = lambda p: [r["loss"] for r in map(json.loads, open(p / "log.jsonl")) if "loss" in r]  # noqa: E731
     assert losses(tmp_path / "whole") == losses(tmp_path / "part")
+    assert set(multiprocessing.active_children()) <= before   # every run's workers are gone, the interrupted one's too
 
 
 def test_nan_loss_in_the_workers_stops_training(tmp_path, capsys):
@@ -182,3 +207,10 @@ def test_default_workers(monkeypatch):
     assert train.parse_args(["--device", "gpu"]).workers == 1
     monkeypatch.setattr(parallel, "cores", lambda: 1)
     assert train.parse_args([]).workers == 1
+
+
+def test_resume_with_another_worker_count_says_it_is_not_exact(tmp_path, capsys):
+    assert train.main([*TINY, "--iters", "1", "--workers", "2", "--out", str(tmp_path)]) == 0
+    assert train.main([*TINY, "--iters", "2", "--workers", "1", "--out", str(tmp_path),
+                       "--resume", str(tmp_path / "checkpoint.npz")]) == 0
+    assert "trained with --workers 2, this run uses 1" in capsys.readouterr().err
