@@ -37,10 +37,10 @@ import traceback
 import numpy as np
 
 from . import models
+from .data.transforms import VOID
 from .layers import Dropout
 from .ops import softmax_cross_entropy
 
-IGNORE_LABEL = 255
 THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",   # one BLAS thread per worker
                     "VECLIB_MAXIMUM_THREADS")
 
@@ -208,11 +208,11 @@ def _worker(arch, config, places, dtype, trainable, param_block, grad_block, pip
             for layer, seed in zip(dropouts, seeds):
                 layer.rng = np.random.default_rng(seed)
             scores = net.forward(x, train=True)                                   # (n, K, H, W)
-            loss, dscores = softmax_cross_entropy(scores, labels, IGNORE_LABEL, reduction="sum")
+            loss, dscores = softmax_cross_entropy(scores, labels, VOID, reduction="sum")
             net.backward(dscores)
             for key in trainable:
                 np.copyto(grads[key], net.grads[key])
-            pipe.send(("ok", loss, int(np.count_nonzero(labels != IGNORE_LABEL))))
+            pipe.send(("ok", loss, int(np.count_nonzero(labels != VOID))))
     except (KeyboardInterrupt, EOFError, ConnectionError):
         pass                                     # Ctrl-C reaches every process (the trainer reports it), or the trainer is gone
     except Exception:                            # noqa: BLE001 - sent to the trainer, which raises it
