@@ -14,7 +14,8 @@ which is what every layer sees after conv1_1's 100-pixel pad: run the cases vgg1
 vgg16@1024 with --no-train to see whether cost grows linearly with the pixels.
 
 --plain times minifcn with its fast paths off (minifcn.fast.ENABLED = False); --profile adds
-minifcn's time per layer (forward and backward of one training step): where the time goes.
+minifcn's time per layer (forward and backward of one training step, or forward alone with
+--no-train): where the time goes.
 --append adds the table to benchmarks/RESULTS.md with the date, the machine and the command.
 """
 import argparse
@@ -68,13 +69,14 @@ def run_minifcn(backbone, size, device, repeat, plain, profile, train):
     result = {"inference": best_of(lambda: net.forward(x), repeat, sync),
               "train": best_of(train_step, repeat, sync) if train else float("nan")}
     result["peak_mib"] = peak() if peak else _max_rss_mib()
-    if profile and train:
-        result["profile"] = _layer_profile(net, train_step, sync)
+    if profile:
+        result["profile"] = _layer_profile(net, train_step if train else lambda: net.forward(x), sync)
     return result
 
 
-def _layer_profile(net, train_step, sync):
-    """Seconds per layer and direction in one training step (each layer timed with a sync)."""
+def _layer_profile(net, step, sync):
+    """Seconds per layer and direction in one step, training or inference (each layer timed with a sync)."""
+    step()                                          # warm-up: buffers allocated, caches filled
     times = defaultdict(float)
     for layer in net.layers:
         for direction in ("forward", "backward"):
@@ -87,7 +89,7 @@ def _layer_profile(net, train_step, sync):
                 times[_key] += time.perf_counter() - t0
                 return out
             setattr(layer, direction, timed)
-    train_step()
+    step()
     return dict(sorted(times.items(), key=lambda kv: -kv[1]))
 
 
@@ -229,8 +231,8 @@ def _table(rows):
 
 def _profile(case, times):
     total = sum(times.values())
-    top = list(times.items())[:12]
-    return "\n".join([f"  {case}: where one training step goes ({total:.2f} s in layers)"] +
+    top = list(times.items())[:24]
+    return "\n".join([f"  {case}: where one step goes ({total:.2f} s in layers)"] +
                      [f"    {name:<22} {t:7.3f} s  {100 * t / total:5.1f} %" for name, t in top])
 
 
