@@ -23,15 +23,18 @@ What makes the plain ops slow is not the arithmetic but the memory around it:
   at inference the winners (which tap won, for backward) are not computed at all.
 - ReLU after a convolution may overwrite the convolution's output (nobody else reads it) and keep
   that output as its cache instead of a mask: one pass and no new memory.
-- the bilinear upsampling maps each class channel to itself only: K kernels, not a K x K matrix of
-  them (mostly zeros), painted tile by tile straight into the output (no columns to rearrange);
-  and while it is frozen it needs no weight gradient, so its backward needs no columns either.
+- the bilinear upsampling maps each class channel to itself only, by a kernel that is a ramp times a
+  ramp: K kernels, not a K x K matrix of them (mostly zeros), and each channel's upsampling is two small
+  matrix products, out = Ay @ x @ Ax^T (no columns); while it is frozen it needs no weight gradient, so
+  its backward is dx = Ay^T @ dout @ Ax. The rows of Ay and Ax are output pixels, so FCN's last
+  upsampling computes only the window that the crop after it keeps (conv_transpose2d_window_forward).
 - freed memory stays in the process for the next array (keep_freed_memory, below), instead of going
   back to the operating system after every layer.
 
 Every function here has the signature of its plain twin in minifcn.ops and returns the same cache,
 so a forward of one kind pairs with a backward of the other; tests/test_fast.py holds each to its
-twin. Switch them all off to see (and time) the plain ops:
+twin. The one pair without a twin, conv_transpose2d_window_forward/backward, stands for two plain ops,
+the transposed convolution and the crop after it (layers.ConvTranspose2d pairs them either way). Switch them all off to see (and time) the plain ops:
 
     import minifcn.fast
     minifcn.fast.ENABLED = False          # or: with minifcn.fast.disabled(): ...
@@ -43,6 +46,7 @@ from contextlib import contextmanager
 
 from . import ops
 from .ops.conv import check_conv2d
+from .ops.fuse import check_crop
 from .backend import check_inputs, is_cupy, pair, xp_of
 from .im2col import _geometry, _is_pointwise, im2col
 from . import gpu_kernels, winograd
@@ -308,67 +312,94 @@ def _channel_diagonal(W):
     return kernels
 
 
-def _upsample_diagonal(x, kernels, out_shape, g):
-    """A channel-diagonal transposed convolution, tile by tile, with no columns: x (N, C, H, W) and one
-    kernel per channel, kernels (C, KH, KW) -> (N, C, OH, OW).
+def _separable(W):
+    """W (C, C, KH, KW) that maps channel c to channel c only, by a kernel that is an outer product u[c] v[c]^T
+    (the bilinear kernel is: a ramp down the rows times a ramp along the columns) -> (u (C, KH), v (C, KW));
+    any other W -> None."""
+    kernels = _channel_diagonal(W)                                            # (C, KH, KW) or None
+    if kernels is None:
+        return None
+    xp = xp_of(W)
+    C, KH, KW = kernels.shape
+    peak = xp.abs(kernels).reshape(C, -1).argmax(axis=1)                      # each kernel's largest tap (i, j)
+    c, i, j = xp.arange(C), peak // KW, peak % KW
+    top = kernels[c, i, j]                                                    # (C,)
+    if not bool(xp.all(top != 0)):
+        return None
+    u, v = kernels[c, :, j], kernels[c, i, :] / top[:, None]                  # the column and the row through it
+    if not bool(xp.allclose(u[:, :, None] * v[:, None, :], kernels, rtol=1e-5, atol=0)):
+        return None
+    return u, v
 
-    Tile (a, b) of the kernel, k_ab (C, s, s'), paints s x s' output pixels for every input pixel: the
-    picture x[n, c, y, x] * k_ab[c, p, q] laid out as (N, C, H, s, W, s') is already the (H*s, W*s')
-    image, so it is added at offset (a*s, b*s') as it is: no transpose, unlike the columns of _col2im_tiled.
-    """
-    KH, KW, sh, sw, ph, pw = g
-    N, C, OH, OW = out_shape
-    H, W = x.shape[2:]
+
+def _interpolation(taps, n, stride, pad, start, length):
+    """One axis of a per-channel transposed convolution as a matrix: taps (C, K) along an axis of n input pixels
+    -> (C, length, n) for output pixels start .. start + length - 1: entry [c, o, i] is the tap that input pixel
+    i stamps on output pixel start + o, taps[c, start + o + pad - i*stride], or 0 where that is off the kernel."""
+    xp = xp_of(taps)
+    k = (xp.arange(start, start + length) + pad)[:, None] - stride * xp.arange(n)[None, :]   # (length, n)
+    inside = (k >= 0) & (k < taps.shape[1])
+    return taps[:, xp.clip(k, 0, taps.shape[1] - 1)] * inside
+
+
+def _upsampling_matrices(uv, x_shape, stride, pad, window):
+    """(Ay (C, h, H), Ax (C, w, W)) for the window ((oy, ox), (h, w)) of the output: a separable per-channel
+    transposed convolution is out[n, c] = Ay[c] @ x[n, c] @ Ax[c]^T, and its input gradient is
+    dx[n, c] = Ay[c]^T @ dout[n, c] @ Ax[c]."""
+    (sh, sw), (ph, pw), ((oy, ox), (h, w)) = pair(stride), pair(pad), window
+    return (_interpolation(uv[0], x_shape[2], sh, ph, oy, h),
+            _interpolation(uv[1], x_shape[3], sw, pw, ox, w))
+
+
+def _upsample_separable(x, mats):
+    """x (N, C, H, W) -> Ay @ x @ Ax^T (N, C, h, w): two small matrix products per channel, no columns."""
+    Ay, Ax = mats
     xp = xp_of(x)
-    full = xp.zeros((N, C, (H - 1) * sh + KH, (W - 1) * sw + KW), dtype=x.dtype)
-    picture = xp.empty((N, C, H, sh, W, sw), dtype=x.dtype)
-    x6 = x[:, :, :, None, :, None]                                                   # (N, C, H, 1, W, 1)
-    for a in range(KH // sh):
-        for b in range(KW // sw):
-            k = kernels[None, :, None, a * sh:(a + 1) * sh, None, b * sw:(b + 1) * sw]   # (1, C, 1, s, 1, s')
-            xp.multiply(x6, k, out=picture)
-            full[:, :, a * sh:a * sh + H * sh, b * sw:b * sw + W * sw] += picture.reshape(N, C, H * sh, W * sw)
-    return full[:, :, ph:ph + OH, pw:pw + OW]
+    return xp.matmul(xp.matmul(Ay, x), Ax.transpose(0, 2, 1))
 
 
-def _upsample_diagonal_backward(dout, kernels, x_shape, g):
-    """The adjoint of _upsample_diagonal: dout (N, C, OH, OW) -> dx (N, C, H, W), tile by tile: each
-    input pixel collects its s x s' output pixels of tile (a, b), weighted by k_ab. The sum over q is a
-    matrix-vector product per row of the picture (BLAS), the sum over p a plain sum."""
-    KH, KW, sh, sw, ph, pw = g
-    N, C, H, W = x_shape
+def _upsample_separable_backward(dout, mats):
+    """dout (N, C, h, w) -> dx = Ay^T @ dout @ Ax (N, C, H, W): the adjoint of _upsample_separable."""
+    Ay, Ax = mats
     xp = xp_of(dout)
-    full = xp.pad(dout, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else dout
-    dx = xp.zeros(x_shape, dtype=dout.dtype)
-    for a in range(KH // sh):
-        for b in range(KW // sw):
-            k = kernels[None, :, None, a * sh:(a + 1) * sh, b * sw:(b + 1) * sw, None]   # (1, C, 1, s, s', 1)
-            picture = full[:, :, a * sh:a * sh + H * sh, b * sw:b * sw + W * sw].reshape(N, C, H, sh, W, sw)
-            dx += xp.matmul(picture, k)[..., 0].sum(axis=3)                            # (N, C, H, s, W) -> (N, C, H, W)
-    return dx
+    return xp.matmul(xp.matmul(Ay.transpose(0, 2, 1), dout), Ax)
+
+
+def _transposed(x, W, b, stride, pad, window):
+    """The forward of both entry points below: (out, cache, mats). window None: the whole output, else
+    ((oy, ox), (h, w)), that window of it; mats: the separable path's matrices, or None."""
+    g = _tiled(W.shape[2:], stride, pad) if getattr(W, "ndim", 0) == 4 else None
+    plain = g is None or getattr(x, "ndim", 0) != 4 or x.shape[1] != W.shape[0]
+    if not plain:
+        xp = check_inputs("conv_transpose2d", x=x, W=W, b=b)
+        N, C_in, H, W_ = x.shape
+        C_out, KH, KW, sh, sw, ph, pw = W.shape[1], *g
+        OH, OW = (H - 1) * sh - 2 * ph + KH, (W_ - 1) * sw - 2 * pw + KW
+        plain = OH < 1 or OW < 1 or (b is not None and b.shape != (C_out,))
+    if plain:                                                             # let the plain op do it (or explain)
+        out, cache = ops.conv_transpose2d_forward(x, W, b, stride, pad)
+        return out if window is None else ops.crop_forward(out, *window)[0], cache, None
+    uv = _separable(W)                                                    # (u, v) or None
+    if uv is not None:                                                    # each channel on its own, two products
+        oy, ox, h, w = check_crop((N, C_out, OH, OW), *window) if window else (0, 0, OH, OW)   # the crop's check
+        mats = _upsampling_matrices(uv, x.shape, stride, pad, ((oy, ox), (h, w)))
+        out = _upsample_separable(x, mats)
+    else:
+        mats = None
+        cols = xp.matmul(W.reshape(C_in, -1).T, x.reshape(N, C_in, H * W_))  # (N, C_out*KH*KW, H*W)
+        out = _col2im_tiled(cols, (N, C_out, OH, OW), g)
+        if window is not None:
+            out = ops.crop_forward(out, *window)[0]
+    if b is not None:
+        out += b.reshape(1, C_out, 1, 1)
+    return out, (x, W, b is not None, stride, pad), mats
 
 
 def conv_transpose2d_forward(x, W, b=None, stride=1, pad=0):
-    """ops.conv_transpose2d_forward; for a kernel that is a multiple of the stride, col2im by tiles, and
-    for a channel-diagonal W (the bilinear upsampling) one kernel per channel instead of a matrix product."""
-    g = _tiled(W.shape[2:], stride, pad) if getattr(W, "ndim", 0) == 4 else None
-    if g is None or getattr(x, "ndim", 0) != 4 or x.shape[1] != W.shape[0]:
-        return ops.conv_transpose2d_forward(x, W, b, stride, pad)
-    xp = check_inputs("conv_transpose2d", x=x, W=W, b=b)
-    N, C_in, H, W_ = x.shape
-    C_out, KH, KW, sh, sw, ph, pw = W.shape[1], *g
-    OH, OW = (H - 1) * sh - 2 * ph + KH, (W_ - 1) * sw - 2 * pw + KW
-    if OH < 1 or OW < 1 or (b is not None and b.shape != (C_out,)):
-        return ops.conv_transpose2d_forward(x, W, b, stride, pad)        # let the plain op explain
-    diagonal = _channel_diagonal(W)                                       # (C, KH, KW) or None
-    if diagonal is not None:                                              # each channel on its own: C times less
-        out = _upsample_diagonal(x, diagonal, (N, C_out, OH, OW), g)
-    else:
-        cols = xp.matmul(W.reshape(C_in, -1).T, x.reshape(N, C_in, H * W_))  # (N, C_out*KH*KW, H*W)
-        out = _col2im_tiled(cols, (N, C_out, OH, OW), g)
-    if b is not None:
-        out += b.reshape(1, C_out, 1, 1)
-    return out, (x, W, b is not None, stride, pad)
+    """ops.conv_transpose2d_forward; for a kernel that is a multiple of the stride, col2im by tiles, and for the
+    bilinear upsampling (channel-diagonal, separable kernels) two small matrix products per channel."""
+    out, cache, _ = _transposed(x, W, b, stride, pad, None)
+    return out, cache
 
 
 def conv_transpose2d_backward(dout, cache, weight_grad=True):
@@ -381,11 +412,13 @@ def conv_transpose2d_backward(dout, cache, weight_grad=True):
         return dx, dW if weight_grad else None, db
     xp = check_inputs("conv_transpose2d_backward", dout=dout, W=W)
     C_in, N = W.shape[0], x.shape[0]
-    diagonal = _channel_diagonal(W)
-    if diagonal is not None and not weight_grad:                          # frozen bilinear: no columns at all
-        dx = _upsample_diagonal_backward(dout, diagonal, x.shape, g)
+    uv = None if weight_grad else _separable(W)
+    if uv is not None:                                                    # frozen bilinear: no columns at all
+        dx = _upsample_separable_backward(dout, _upsampling_matrices(uv, x.shape, stride, pad,
+                                                                      ((0, 0), dout.shape[2:])))
         return dx, None, dout.sum(axis=(0, 2, 3)) if has_bias else None
     dcols = _im2col_tiled(dout, g)                                        # (N, C_out*KH*KW, H*W)
+    diagonal = _channel_diagonal(W)
     if diagonal is not None:                                              # (C, 1, KH*KW) @ (N, C, KH*KW, H*W)
         dx = xp.matmul(diagonal.reshape(C_in, 1, -1), dcols.reshape(N, C_in, -1, dcols.shape[-1])).reshape(x.shape)
     else:
@@ -395,6 +428,33 @@ def conv_transpose2d_backward(dout, cache, weight_grad=True):
         dW = _add(dW, x[n].reshape(C_in, -1) @ dcols[n].T)
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
     return dx, None if dW is None else dW.reshape(W.shape), db
+
+
+def conv_transpose2d_window_forward(x, W, b, stride, pad, offset, size):
+    """conv_transpose2d_forward followed by ops.crop_forward(out, offset, size), in one: out (N, C_out, h, w),
+    cache. FCN's last upsampling paints (N, K, 32h+56, .) of which the crop keeps the image's (H, W); for the
+    bilinear upsampling only that window is computed (FCN-8s at 160x160: 160^2 of 248^2 pixels)."""
+    out, cache, mats = _transposed(x, W, b, stride, pad, (offset, size))
+    full = conv_transpose2d_output_shape(x.shape, W.shape, stride, pad)
+    return out, (cache, (full, *pair(offset)), mats)
+
+
+def conv_transpose2d_window_backward(dout, cache, weight_grad=True):
+    """The adjoint of conv_transpose2d_window_forward: dout (N, C_out, h, w) -> dx, dW (None if not
+    weight_grad), db. Frozen and separable: straight from the window's gradient; else through the crop's
+    backward (zeros around the window) and conv_transpose2d_backward."""
+    full_cache, crop, mats = cache
+    if mats is not None and not weight_grad:
+        has_bias = full_cache[2]
+        return _upsample_separable_backward(dout, mats), None, dout.sum(axis=(0, 2, 3)) if has_bias else None
+    return conv_transpose2d_backward(ops.crop_backward(dout, crop), full_cache, weight_grad)
+
+
+def conv_transpose2d_output_shape(x_shape, W_shape, stride, pad):
+    """(N, C_out, OH, OW) of a transposed convolution of x (N, C_in, H, W) with W (C_in, C_out, KH, KW)."""
+    (sh, sw), (ph, pw) = pair(stride), pair(pad)
+    return (x_shape[0], W_shape[1], ops.conv_transpose2d_output_size(x_shape[2], W_shape[2], sh, ph),
+            ops.conv_transpose2d_output_size(x_shape[3], W_shape[3], sw, pw))
 
 
 # ----------------------------------------------------------------------------- max pooling 2x2, stride 2

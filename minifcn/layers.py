@@ -139,18 +139,33 @@ class ConvTranspose2d(Conv2d):
         if not learnable:
             self.frozen = set(self.params)
 
-    def forward(self, x, train=False):
-        forward = fast.conv_transpose2d_forward if use_fast() else self.op_forward
-        out, cache = forward(x, self.W, self.b, self.stride, self.pad)
-        self._keep(cache, train)
+    def forward(self, x, train=False, window=None):
+        """x -> out; window (offset, size), as ops.crop_forward takes them, keeps only that window of out: the
+        crop after FCN's last upsampling, which the fast path folds in (it computes only the window)."""
+        if window is None:
+            forward = fast.conv_transpose2d_forward if use_fast() else self.op_forward
+            out, cache = forward(x, self.W, self.b, self.stride, self.pad)
+        elif use_fast():
+            out, cache = fast.conv_transpose2d_window_forward(x, self.W, self.b, self.stride, self.pad, *window)
+        else:                                                   # the whole output, then the crop
+            out, cache = self.op_forward(x, self.W, self.b, self.stride, self.pad)
+            out, crop = ops.crop_forward(out, *window)
+            cache = (cache, crop, None)                         # as the fast path's: (op's, crop's, its own)
+        self._keep((cache, window is not None), train)
         return out
 
     def backward(self, dout):
+        """dout (of the window, if forward had one) -> dx."""
+        cache, windowed = self._cached()
         if use_fast():
             weight_grad = f"{self.name}.W" not in self.frozen
-            dx, dW, db = fast.conv_transpose2d_backward(dout, self._cached(), weight_grad)
+            backward = fast.conv_transpose2d_window_backward if windowed else fast.conv_transpose2d_backward
+            dx, dW, db = backward(dout, cache, weight_grad)
         else:
-            dx, dW, db = self.op_backward(dout, self._cached())
+            if windowed:
+                cache, crop, _ = cache
+                dout = ops.crop_backward(dout, crop)            # zeros around the window
+            dx, dW, db = self.op_backward(dout, cache)
         self._set_grads(dW, db)
         return dx
 

@@ -4,6 +4,7 @@ The band size is shrunk (fast.BLOCK) so that small tests cut their convolutions 
 including a last, shorter one.
 """
 import json
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
@@ -354,6 +355,101 @@ def test_channel_diagonal_upsampling_equals_the_plain_op():
                         close(g, r)
                 assert (got[2] is None) == (bias is None)
     assert fast._channel_diagonal(w + np.eye(4)[::-1][:, :, None, None] * 0.1) is None
+
+
+def test_separable_finds_the_bilinear_factors_and_nothing_else():
+    """The bilinear kernel is a ramp times a ramp; a kernel that is not an outer product, or a W that mixes
+    channels, must be left to the general path."""
+    rng = np.random.default_rng(1)
+    w = ops.bilinear_weight(3, 16, np.float64) * rng.uniform(0.5, 2, (3, 1, 1, 1))
+    u, v = fast._separable(w)
+    close(u[:, :, None] * v[:, None, :], w[np.arange(3), np.arange(3)])
+    not_rank_one = w.copy()
+    not_rank_one[1, 1, 3, 4] += 0.01
+    assert fast._separable(not_rank_one) is None
+    assert fast._separable(w + np.eye(3)[::-1][:, :, None, None] * 0.1) is None      # mixes channels
+    assert fast._separable(np.zeros_like(w)) is None                                 # nothing to factor
+
+
+def _cropped_plain(x, w, b, s, p, offset, size):
+    """The plain op, then the crop: the reference for conv_transpose2d_window_forward/backward."""
+    full, cache = ops.conv_transpose2d_forward(x, w, b, s, p)
+    out, crop = ops.crop_forward(full, offset, size)
+    return out, cache, crop
+
+
+@settings(max_examples=60)
+@given(m=st.integers(1, 3), s=st.integers(1, 4), p=st.integers(0, 3), H=st.integers(1, 6), W=st.integers(1, 6),
+       kind=st.sampled_from(["bilinear", "diagonal", "dense"]), bias=st.booleans(), data=st.data())
+def test_window_of_a_transposed_conv_equals_the_plain_op_then_the_crop(m, s, p, H, W, kind, bias, data):
+    """Any window of the output, any kernel: the separable path (bilinear), the diagonal but not separable
+    one and the dense one must all give the crop of the plain op, and the adjoint of that crop."""
+    k = m * s
+    if (H - 1) * s - 2 * p + k < 1 or (W - 1) * s - 2 * p + k < 1:
+        p = 0
+    OH, OW = (H - 1) * s - 2 * p + k, (W - 1) * s - 2 * p + k
+    h, w_ = data.draw(st.integers(1, OH)), data.draw(st.integers(1, OW))
+    offset = (data.draw(st.integers(0, OH - h)), data.draw(st.integers(0, OW - w_)))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    x = rng.standard_normal((2, 3, H, W))
+    w = ops.bilinear_weight(3, k, np.float64) * rng.uniform(0.5, 2, (3, 1, 1, 1))
+    if kind == "diagonal":
+        w[np.arange(3), np.arange(3)] += rng.standard_normal((3, k, k))          # on the diagonal, not rank 1
+    elif kind == "dense":
+        w = rng.standard_normal((3, 3, k, k))
+    assert (fast._separable(w) is not None) == (kind == "bilinear" or (kind == "diagonal" and k == 1))  # 1x1: rank 1
+    b = rng.standard_normal(3) if bias else None
+    out, cache = fast.conv_transpose2d_window_forward(x, w, b, s, p, offset, (h, w_))
+    want, want_cache, crop = _cropped_plain(x, w, b, s, p, offset, (h, w_))
+    close(out, want)
+    dout = rng.standard_normal(out.shape)
+    ref = ops.conv_transpose2d_backward(ops.crop_backward(dout, crop), want_cache)
+    for weight_grad in (False, True):
+        dx, dW, db = fast.conv_transpose2d_window_backward(dout, cache, weight_grad)
+        close(dx, ref[0])
+        if weight_grad:
+            close(dW, ref[1])
+        else:
+            assert dW is None
+        assert (db is None) == (b is None)
+        if b is not None:
+            close(db, ref[2])
+
+
+def test_a_window_that_does_not_fit_is_refused_as_the_crop_refuses_it():
+    x, w = np.ones((1, 2, 3, 3)), ops.bilinear_weight(2, 4, np.float64)              # output 8 x 8
+    for offset, size in (((0, 0), (9, 8)), ((1, 0), (8, 8)), ((-1, 0), (2, 2))):
+        with pytest.raises(ValueError, match="does not fit"):
+            fast.conv_transpose2d_window_forward(x, w, None, 2, 0, offset, size)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_windowed_last_upsampling_pairs_across_fast_and_plain(name, monkeypatch):
+    """An FCN's last upsampling runs with a window: forward of one kind (fast or plain) and backward of the
+    other must still give the plain net's scores and gradients, and the fast path paints only the window."""
+    net = build(name, num_classes=3, backbone="vgg16-tiny", dropout=0, seed=0).astype(np.float64)
+    rng = np.random.default_rng(0)
+    for key in net.params:
+        if key.startswith("score"):
+            net.params[key][...] = rng.standard_normal(net.params[key].shape) * 0.1
+    x, dscore = rng.standard_normal((2, 3, 37, 45)), rng.standard_normal((2, 3, 37, 45))
+    with fast.disabled():
+        want = net.forward(x, train=True)
+        want_dx = net.backward(dscore)
+        want_grads = dict(net.grads)
+    painted = []
+    separable = fast._upsample_separable
+    monkeypatch.setattr(fast, "_upsample_separable", lambda x, mats: painted.append(separable(x, mats)) or painted[-1])
+    for forward_fast, backward_fast in ((True, True), (True, False), (False, True)):
+        with nullcontext() if forward_fast else fast.disabled():
+            score = net.forward(x, train=True)
+        with nullcontext() if backward_fast else fast.disabled():
+            dx = net.backward(dscore)
+        close(score, want)
+        close(dx, want_dx)
+        for key in set(want_grads) - net.frozen:                 # frozen weights get no gradient on the fast path
+            close(net.grads[key], want_grads[key])
+    assert painted[-1].shape == (2, 3, 37, 45)          # the last upsampling painted the image's window only
 
 
 def test_max_pool_at_inference_keeps_no_winners():

@@ -53,9 +53,11 @@ def test_sizes_match_the_forward_pass(nets, size):
     net.forward(x, train=True)
     n = G.sizes(net.graph(), size)
     assert net.body.layers[-6].cache[0].shape[2] == n["pool5"]          # fc6's input is pool5
-    assert net.upscore2.cache[0].shape[2] == n["score_fr"]
-    assert net.upscore8.cache[0].shape[2] == n["fuse_pool3"]
-    assert net.cache["score"][0][2] == n["upscore8"] and n["score"] == size
+    (x2, *_), _ = net.upscore2.cache                                       # (the op's cache, windowed)
+    assert x2.shape[2] == n["score_fr"]
+    ((x8, *_), crop, _), windowed = net.upscore8.cache                     # ((op's, crop's, fast's), windowed)
+    assert windowed and x8.shape[2] == n["fuse_pool3"]
+    assert crop[0][2] == n["upscore8"] and n["score"] == size              # the crop's uncropped shape
 
 
 # ----------------------------------------------------------------------------- a small custom net

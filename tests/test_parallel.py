@@ -68,6 +68,12 @@ def test_layout_and_views_share_one_block():
     assert np.frombuffer(block, np.float32)[7] == 7.0 and v["a.W"].shape == (2, 3)
 
 
+def agree(got, want, name=""):
+    """Equal to float32 rounding, relative to the gradient's scale: another process may round a product of
+    small matrices differently (BLAS kernels depend on alignment), never by more."""
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-5 * float(np.abs(want).max()), err_msg=name)
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_shared_step_equals_the_whole_batch(shared, reduction):
     """Shares of 2 and 1 images with different numbers of void pixels: the mean must divide by the
@@ -79,7 +85,7 @@ def test_shared_step_equals_the_whole_batch(shared, reduction):
     assert loss == pytest.approx(ref_loss, rel=1e-5)
     assert sorted(grads) == sorted(ref)
     for k in ref:
-        np.testing.assert_allclose(grads[k], ref[k], rtol=2e-4, atol=1e-5 * float(np.abs(ref[k]).max()), err_msg=k)
+        agree(grads[k], ref[k], k)
 
 
 def test_workers_see_the_trainers_in_place_update(shared):
@@ -89,8 +95,8 @@ def test_workers_see_the_trainers_in_place_update(shared):
         net.params[key] += np.float32(0.01)                  # what an optimiser step does, in place
     _, grads = dp.step(x, labels, "mean")
     _, ref = whole_batch(copy_of(net), x, labels, "mean")
-    np.testing.assert_allclose(grads["score_fr.W"], ref["score_fr.W"], rtol=2e-4, atol=1e-7)
-    np.testing.assert_allclose(grads["conv1_1.W"], ref["conv1_1.W"], rtol=2e-4, atol=1e-7)
+    agree(grads["score_fr.W"], ref["score_fr.W"])
+    agree(grads["conv1_1.W"], ref["conv1_1.W"])
 
 
 def test_a_batch_smaller_than_the_workers_uses_fewer(shared):
@@ -100,7 +106,7 @@ def test_a_batch_smaller_than_the_workers_uses_fewer(shared):
     ref_loss, ref = whole_batch(copy_of(net), x, labels, "mean")
     loss, grads = dp.step(x, labels, "mean")
     assert loss == pytest.approx(ref_loss, rel=1e-5)
-    np.testing.assert_allclose(grads["conv2_1.W"], ref["conv2_1.W"], rtol=2e-4, atol=1e-7)
+    agree(grads["conv2_1.W"], ref["conv2_1.W"])
 
 
 def test_a_workers_error_reaches_the_trainer():

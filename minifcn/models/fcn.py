@@ -16,7 +16,9 @@ FCN-8s at-once: FCN-8s with pool4 x 0.01 ("scale_pool4") and pool3 x 0.0001 ("sc
 Score layers (1x1 convolutions) start at zero; upscore layers are bias-free transposed convolutions
 holding the bilinear kernel, fixed unless learnable_upsampling=True. The crop offsets (19; 5 and 27;
 5, 9 and 31 with VGG16) are typed in nowhere: each net lists its layers as geometry specs in
-graph(), and minifcn.geometry derives the offsets from the coordinate maps.
+graph(), and minifcn.geometry derives the offsets from the coordinate maps. The last crop, "score",
+is folded into the last upsampling (forward(..., window=...)): the plain path paints the whole map and
+crops it, the fast path paints only the window (at 160x160, FCN-8s's upscore8 paints 248^2 pixels).
 
 backward() reads forward() from the bottom up, line for line: a crop's backward pads the gradient
 with zeros back to the uncropped size, a sum hands its gradient unchanged to both of its inputs, and
@@ -278,16 +280,15 @@ class FCN32s(FCN):
         H, W = self.check_input(x)
         fc7 = self.body.forward(x, train)["fc7"]                                # (N, F, h, w)        stride 32
         score_fr = self.score_fr.forward(fc7, train)                            # (N, K, h, w)
-        upscore = self.upscore.forward(score_fr, train)                         # (N, K, 32h+32, 32w+32) stride 1
-        score, crop = ops.crop_forward(upscore, self.crop_offsets["score"], (H, W))   # (N, K, H, W)
-        self.keep(train, score, score=crop)
+        # upscore (x32) paints (N, K, 32h+32, 32w+32); the window at crop_offsets["score"] is the image's
+        score = self.upscore.forward(score_fr, train, window=(self.crop_offsets["score"], (H, W)))  # (N, K, H, W)
+        self.keep(train, score)
         return score
 
     def backward(self, dscore):
         """dscores (N, K, H, W) -> dx (N, 3, H, W); fills self.grads."""
-        crops = self.cached(dscore)
-        dupscore = ops.crop_backward(dscore, crops["score"])                    # (N, K, 32h+32, .) zeros outside
-        dscore_fr = self.upscore.backward(dupscore)                             # (N, K, h, w)
+        self.cached(dscore)
+        dscore_fr = self.upscore.backward(dscore)                               # (N, K, h, w) through the crop
         dfc7 = self.score_fr.backward(dscore_fr)                                # (N, F, h, w)
         dx = self.body.backward(dfc7)                                           # (N, 3, H, W)
         return self.finish_backward(dx)
@@ -325,7 +326,9 @@ class FCN16s(FCN):
         score_fr (fc7 -> K) then upscore2 (x2) give (N, K, 2h+2, 2w+2); score_pool4 (pool4 -> K) gives
         (N, K, H16, W16), cropped at self.crop_offsets["score_pool4c"] to upscore2's size; their sum
         fuse_pool4 goes through upscore16 (x16) to (N, K, 32h+48, 32w+48), cropped at
-        self.crop_offsets["score"] to (H, W). Keep the crops' caches with self.keep(train, score, ...).
+        self.crop_offsets["score"] to (H, W): with ops.crop_forward, or in the one call
+        self.upscore16.forward(fuse_pool4, train, window=(offset, (H, W))), which on the fast path computes
+        only that window. Keep the crops' caches with self.keep(train, score, ...).
         """
         H, W = self.check_input(x)
         feats = self.body.forward(x, train)             # pool4 (N, C4, H16, W16), fc7 (N, F, h, w)
@@ -336,23 +339,23 @@ class FCN16s(FCN):
         score_pool4c, crop4 = ops.crop_forward(score_pool4, self.crop_offsets["score_pool4c"],
                                                upscore2.shape[2:])              # (N, K, 2h+2, 2w+2)
         fuse_pool4, _ = ops.add_forward(upscore2, score_pool4c)                 # (N, K, 2h+2, 2w+2)
-        upscore16 = self.upscore16.forward(fuse_pool4, train)                   # (N, K, 32h+48, 32w+48) stride 1
-        score, crop = ops.crop_forward(upscore16, self.crop_offsets["score"], (H, W))  # (N, K, H, W)
-        self.keep(train, score, score_pool4c=crop4, score=crop)
+        # upscore16 (x16) paints (N, K, 32h+48, 32w+48); the window at crop_offsets["score"] is the image's
+        score = self.upscore16.forward(fuse_pool4, train, window=(self.crop_offsets["score"], (H, W)))  # (N, K, H, W)
+        self.keep(train, score, score_pool4c=crop4)
         return score
         # END SOLUTION
 
     def backward(self, dscore):
         """dscores (N, K, H, W) -> dx (N, 3, H, W); fills self.grads.
 
-        forward read from the bottom up: each layer's backward, crop_backward for each crop, and the
-        sum's gradient handed to both branches; the skip's gradient (N, C4, H16, W16) joins the trunk
+        forward read from the bottom up: each layer's backward (a layer given a window takes the window's
+        gradient), crop_backward for each crop, and the sum's gradient handed to both branches; the skip's
+        gradient (N, C4, H16, W16) joins the trunk
         at pool4 through self.body.backward(dfc7, skips={"pool4": ...}). End with self.finish_backward(dx).
         """
         crops = self.cached(dscore)
         # BEGIN SOLUTION
-        dupscore16 = ops.crop_backward(dscore, crops["score"])                  # (N, K, 32h+48, .) zeros outside
-        dfuse_pool4 = self.upscore16.backward(dupscore16)                       # (N, K, 2h+2, 2w+2)
+        dfuse_pool4 = self.upscore16.backward(dscore)                           # (N, K, 2h+2, 2w+2) through the crop
         dupscore2, dscore_pool4c = ops.add_backward(dfuse_pool4)                # the sum copies it to both inputs
         dscore_pool4 = ops.crop_backward(dscore_pool4c, crops["score_pool4c"])  # (N, K, H16, W16) zeros outside
         dpool4 = self.score_pool4.backward(dscore_pool4)                        # (N, C4, H16, W16)
@@ -423,16 +426,15 @@ class FCN8s(FCN):
         score_pool3c, crop3 = ops.crop_forward(score_pool3, self.crop_offsets["score_pool3c"],
                                                upscore_pool4.shape[2:])         # (N, K, 4h+6, 4w+6)
         fuse_pool3, _ = ops.add_forward(upscore_pool4, score_pool3c)            # (N, K, 4h+6, 4w+6)
-        upscore8 = self.upscore8.forward(fuse_pool3, train)                     # (N, K, 32h+56, 32w+56) stride 1
-        score, crop = ops.crop_forward(upscore8, self.crop_offsets["score"], (H, W))   # (N, K, H, W)
-        self.keep(train, score, score_pool4c=crop4, score_pool3c=crop3, score=crop)
+        # upscore8 (x8) paints (N, K, 32h+56, 32w+56); the window at crop_offsets["score"] is the image's
+        score = self.upscore8.forward(fuse_pool3, train, window=(self.crop_offsets["score"], (H, W)))  # (N, K, H, W)
+        self.keep(train, score, score_pool4c=crop4, score_pool3c=crop3)
         return score
 
     def backward(self, dscore):
         """dscores (N, K, H, W) -> dx (N, 3, H, W); fills self.grads."""
         crops = self.cached(dscore)
-        dupscore8 = ops.crop_backward(dscore, crops["score"])                   # (N, K, 32h+56, .) zeros outside
-        dfuse_pool3 = self.upscore8.backward(dupscore8)                         # (N, K, 4h+6, 4w+6)
+        dfuse_pool3 = self.upscore8.backward(dscore)                            # (N, K, 4h+6, 4w+6) through the crop
         dupscore_pool4, dscore_pool3c = ops.add_backward(dfuse_pool3)           # the sum copies it to both inputs
         dscore_pool3 = ops.crop_backward(dscore_pool3c, crops["score_pool3c"])  # (N, K, H8, W8) zeros outside
         dpool3 = self.score_pool3.backward(dscore_pool3)                        # (N, C3, H8, W8)

@@ -15,12 +15,18 @@ def crop_forward(x, offset, size):
     """
     check_inputs("crop", x=x)
     check_ndim("crop", "x", x, "NCHW")
-    (oy, ox), (h, w) = pair(offset, "offset"), pair(size, "size")
-    H, W = x.shape[2:]
-    if min(oy, ox) < 0 or min(h, w) < 1 or oy + h > H or ox + w > W:
-        raise ValueError(f"crop: offset {(oy, ox)} with size {(h, w)} does not fit inside x of shape {x.shape}; "
-                         f"need 0 <= offset and offset + size <= {(H, W)}")
+    oy, ox, h, w = check_crop(x.shape, offset, size)
     return x[:, :, oy:oy + h, ox:ox + w], (x.shape, oy, ox)
+
+
+def check_crop(x_shape, offset, size):
+    """-> (oy, ox, h, w), or a ValueError if that window does not fit inside a map of shape x_shape (N, C, H, W)."""
+    (oy, ox), (h, w) = pair(offset, "offset"), pair(size, "size")
+    H, W = x_shape[2:]
+    if min(oy, ox) < 0 or min(h, w) < 1 or oy + h > H or ox + w > W:
+        raise ValueError(f"crop: offset {(oy, ox)} with size {(h, w)} does not fit inside x of shape "
+                         f"{tuple(x_shape)}; need 0 <= offset and offset + size <= {(H, W)}")
+    return oy, ox, h, w
 
 
 def crop_backward(dout, cache):
