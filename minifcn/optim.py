@@ -115,13 +115,15 @@ class Adam:
                 self.s[k] = to_device(np.asarray(state[f"adam_s/{k}"]), device)
 
 
-def learning_rate(base_lr, iteration, policy="fixed", max_iter=None, power=0.9, step=None, gamma=0.1):
+def learning_rate(base_lr, iteration, policy="fixed", max_iter=None, power=0.9, step=None, gamma=0.1, warmup=0):
     """The learning rate at `iteration`: 'fixed' (the reference), 'poly' (base * (1 - it/max)^power)
-    or 'step' (base * gamma^(it // step))."""
+    or 'step' (base * gamma^(it // step)); times (it + 1) / warmup for the first `warmup` iterations
+    (a linear ramp: Adam's first steps are full-sized whatever the gradient, see train.DEFAULT_WARMUP)."""
+    ramp = min(1.0, (iteration + 1) / warmup) if warmup else 1.0
     if policy == "fixed":
-        return base_lr
+        return base_lr * ramp
     if policy == "poly":
-        return base_lr * (1 - min(iteration, max_iter) / max_iter) ** power
+        return base_lr * ramp * (1 - min(iteration, max_iter) / max_iter) ** power
     if policy == "step":
-        return base_lr * gamma ** (iteration // step)
+        return base_lr * ramp * gamma ** (iteration // step)
     raise ValueError(f"unknown learning-rate policy {policy!r}: use 'fixed', 'poly' or 'step'")

@@ -79,6 +79,8 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=None,
                    help="default 2e-3 for adam, 0.01 for sgd with --loss mean, 1e-10 for --loss sum")
     p.add_argument("--lr-policy", default="poly", choices=["fixed", "poly", "step"])
+    p.add_argument("--warmup", type=int, default=0,
+                   help="iterations over which the learning rate ramps up linearly from lr/warmup to lr")
     p.add_argument("--momentum", type=float, default=None,
                    help="default 0.9 (mean; adam's beta1) or 0.99 (sum)")
     p.add_argument("--weight-decay", type=float, default=5e-4)
@@ -262,7 +264,7 @@ def main(argv=None):
             while it < total:
                 x, labels = next(batch_iter)
                 x, labels = xp.asarray(x), xp.asarray(labels)
-                lr = learning_rate(args.lr, it, args.lr_policy, max_iter=total)
+                lr = learning_rate(args.lr, it, args.lr_policy, max_iter=total, warmup=args.warmup)
                 if workers is None:
                     for i, layer in dropouts:                       # masks of iteration `it`, reproducibly
                         layer.rng = xp.random.default_rng(iteration_seed(args.seed, it, 1 + i))

@@ -61,6 +61,15 @@ def test_schedules():
         learning_rate(0.1, 1, "cosine")
 
 
+def test_warmup_ramps_linearly_then_hands_over_to_the_schedule():
+    ramp = [learning_rate(0.1, it, "fixed", warmup=4) for it in range(6)]
+    assert ramp == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1, 0.1])
+    for it in (0, 3, 10, 99):                          # the ramp multiplies whatever the schedule gives
+        want = learning_rate(0.1, it, "poly", max_iter=100) * min(1, (it + 1) / 8)
+        assert learning_rate(0.1, it, "poly", max_iter=100, warmup=8) == pytest.approx(want)
+    assert learning_rate(0.1, 25, "step", step=10, gamma=0.5, warmup=5) == pytest.approx(0.025)
+
+
 def test_adam_two_steps_by_hand():
     params = {"fc6.W": np.array([1.0, -2.0]), "fc6.b": np.array([0.5]), "upscore.W": np.array([3.0])}
     opt = Adam(params, lr=0.1, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, frozen={"upscore.W"})
