@@ -52,6 +52,7 @@ from .im2col import _geometry, _is_pointwise, im2col
 from . import gpu_kernels, winograd
 
 ENABLED = True
+PLATEAU = True       # VGG16's first stages leave out most of conv1_1's 100-pixel pad (minifcn.plateau)
 BLOCK = 1 << 21      # floats in one band of columns (8 MiB in float32): stays in cache, long enough for BLAS
 GPU_BLOCK = 1 << 26  # on a GPU: bands of 256 MiB, few enough to keep kernel launches rare
 CUDA_KERNELS = True  # on a GPU, a band's im2col and col2im are one CUDA kernel each (minifcn.gpu_kernels)

@@ -88,9 +88,10 @@ class Conv2d(Layer):
 
     op_forward, op_backward = staticmethod(ops.conv2d_forward), staticmethod(ops.conv2d_backward)
 
-    def forward(self, x, train=False):
+    def forward(self, x, train=False, pad=None):
+        """pad: instead of self.pad, for this call (VGG16's plateau plan pads conv1_1 less)."""
         forward = fast.conv2d_forward if use_fast() else self.op_forward
-        out, cache = forward(x, self.W, self.b, self.stride, self.pad)
+        out, cache = forward(x, self.W, self.b, self.stride, self.pad if pad is None else pad)
         self._keep(cache, train)
         return out
 

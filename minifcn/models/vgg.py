@@ -20,8 +20,8 @@ parameter keys ("conv1_1.W", "conv1_1.b", ...), which is what lets weight files 
 """
 import numpy as np
 
-from .. import geometry
-from ..layers import Conv2d, Dropout, MaxPool2d, ReLU
+from .. import geometry, plateau
+from ..layers import Conv2d, Dropout, MaxPool2d, ReLU, fast, use_fast
 from ..weights.vgg16 import PREPROCESSING
 
 BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))   # (block, convs, channels)
@@ -50,6 +50,7 @@ class VGG16:
         rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         self.input_grad = True      # False: backward skips the image's gradient (returns None); training needs none
         self.layers, self.channels = [], {}
+        self.plan, self.gathered = None, {}     # minifcn.plateau's, kept by forward(train=True) for backward
         c_in = 3
         for block, convs, channels in BLOCKS:
             c_out = scaled(channels, width)
@@ -70,13 +71,24 @@ class VGG16:
     def forward(self, x, train=False):
         """x (N, 3, H, W) -> {"pool3": (N, C3, ., .), "pool4": (N, C4, ., .), "fc7": (N, F, h, w)}.
 
-        "fc7" is the map after relu7 and drop7 (the reference's in-place fc7 blob).
+        "fc7" is the map after relu7 and drop7 (the reference's in-place fc7 blob). On the fast path the
+        first stages run on smaller maps (minifcn.plateau): conv1_1 pads by plan.pad instead of 100, and
+        after pool1, pool2 and pool3 a gather puts rows back; every map from pool3 on is the full one.
         """
+        plan = self.plateau_plan(x.shape[2:])
+        self.gathered = {}                                  # pool name -> its output's shape before the gather
         taps = {}
         for layer in self.layers:
-            x = layer.forward(x, train)
+            if plan is not None and layer is self.layers[0]:
+                x = layer.forward(x, train, pad=plan.pad)    # conv1_1: most of its 100-pixel pad left out
+            else:
+                x = layer.forward(x, train)
+            if plan is not None and layer.name in plan.gathers:
+                self.gathered[layer.name] = x.shape
+                x = plateau.gather_forward(x, plan.gathers[layer.name])
             if layer.name in self.TAPS:
                 taps[layer.name] = x
+        self.plan = plan if train else None
         taps["fc7"] = x
         return taps
 
@@ -85,6 +97,7 @@ class VGG16:
 
         The trunk's gradient flows down layer by layer; at pool4 and pool3 the gradient that came
         back along a skip branch joins it (the pool output fed two consumers, so its gradients add).
+        Where forward gathered, the gradient goes back through the gather (each copy's to its row).
         With self.input_grad False, dx is None: conv1_1 then skips the gradient of its padded input.
         """
         skips = skips or {}
@@ -92,8 +105,21 @@ class VGG16:
         for layer in reversed(self.layers[1:]):
             if layer.name in skips:
                 dout = dout + skips[layer.name]              # trunk + skip branch, both (N, C, ., .)
+            if self.plan is not None and layer.name in self.plan.gathers:
+                dout = plateau.gather_backward(dout, self.plan.gathers[layer.name], self.gathered[layer.name])
             dout = layer.backward(dout)
         return self.layers[0].backward(dout, input_grad=self.input_grad)   # conv1_1: dx is None if not wanted
+
+    def plateau_plan(self, size):
+        """minifcn.plateau's plan for an input of this size, or None (the plain path, or fast.PLATEAU off)."""
+        if not (use_fast() and fast.PLATEAU):
+            return None
+        specs = [geometry.spec_of(layer) for layer in self.layers[:self.layers.index(self.layer("pool3")) + 1]
+                 if isinstance(layer, (Conv2d, MaxPool2d))]
+        return plateau.plan_body(specs, *size)
+
+    def layer(self, name):
+        return next(layer for layer in self.layers if layer.name == name)
 
     def graph(self):
         """The body as geometry specs: a chain from the input "data" to drop7."""
