@@ -30,6 +30,7 @@ import numpy as np
 from . import cli, models, parallel
 from .backend import get_xp, to_numpy
 from .data import get_dataset
+from .data.shapes import DEFAULT_COUNTS
 from .data.transforms import TORCHVISION_VGG, batches
 from .layers import Dropout
 from .metrics import confusion, format_table, scores
@@ -49,6 +50,7 @@ DEFAULT_IMAGE_SIZE = 160
 # on the shapes after 3200 iterations (0.49 against 0.60, the same recipe in PyTorch); in minifcn's single runs
 # the gain was smaller (FCN-8s 0.542 -> 0.549) and within one run's noise (benchmarks/RESULTS.md).
 DEFAULT_DROPOUT = {"vgg16": 0.5, "vgg16-tiny": 0.0}
+SHAPES_CACHE_BYTES = 1 << 30
 
 
 def parse_args(argv=None):
@@ -199,7 +201,9 @@ def main(argv=None):
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     xp = get_xp(args.device)
-    dataset_options = {"size": args.image_size} if args.dataset == "shapes" else {}
+    # shapes: keep the drawn scenes when they fit in SHAPES_CACHE_BYTES (at 160 x 160 the train split takes 205 MB)
+    cache = 4 * args.image_size ** 2 * DEFAULT_COUNTS["train"] <= SHAPES_CACHE_BYTES
+    dataset_options = {"size": args.image_size, "cache": cache} if args.dataset == "shapes" else {}
     train_set = get_dataset(args.dataset, split=args.train_split, root=args.data_root, **dataset_options)
     val_set = get_dataset(args.dataset, split=args.val_split, root=args.data_root, **dataset_options)
     K = args.num_classes or train_set.num_classes

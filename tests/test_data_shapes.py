@@ -100,3 +100,19 @@ def test_fast_enough_to_draw_on_the_fly():
         ds[i]
     per_image = (time.perf_counter() - t) / len(ds)
     assert per_image < 0.02, f"{per_image * 1e3:.1f} ms per 64x64 image"
+
+
+def test_a_cached_dataset_gives_the_same_scenes_read_only_and_the_same_batches():
+    from minifcn.data.transforms import batches
+    plain, cached = ShapesDataset("train", size=24, num_images=6), ShapesDataset("train", size=24, num_images=6, cache=True)
+    for i in (0, 3, 3, -1):
+        image, label = cached[i]
+        want_image, want_label = plain[i]
+        np.testing.assert_array_equal(image, want_image)
+        np.testing.assert_array_equal(label, want_label)
+        assert not image.flags.writeable and not label.flags.writeable     # a caller cannot spoil the cache
+    assert cached[3][0] is cached[3][0] and len(cached.cache) == 3
+    for (x0, y0), (x1, y1), _ in zip(batches(plain, 2, mirror=True, crop_size=20), batches(cached, 2, mirror=True,
+                                                                                          crop_size=20), range(7)):
+        np.testing.assert_array_equal(x0, x1)
+        np.testing.assert_array_equal(y0, y1)

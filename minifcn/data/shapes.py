@@ -157,10 +157,12 @@ class ShapesDataset:
 
     split: "train", "val" or "test" (disjoint streams: val image i is never train image i);
     size: int or (H, W); num_images: defaults to 2000 for train and 200 for val and test;
-    seed: picks the whole family of scenes. Other keywords go to `render`.
+    seed: picks the whole family of scenes; cache: keep every scene once drawn (read-only arrays; 4 bytes
+    a pixel, 205 MB for the 2000 train scenes at 160 x 160): drawing one takes about 3 ms, a tenth of a
+    training step of the tiny net. Other keywords go to `render`.
     """
 
-    def __init__(self, split="train", size=64, num_images=None, seed=0, **render_options):
+    def __init__(self, split="train", size=64, num_images=None, seed=0, cache=False, **render_options):
         if split not in SPLITS:
             raise ValueError(f"shapes: split must be one of {sorted(SPLITS)}, got {split!r}")
         self.split, self.size, self.seed = split, _size(size), int(seed)
@@ -173,6 +175,7 @@ class ShapesDataset:
         self.class_names = list(CLASS_NAMES)
         self.name = f"shapes-{split}"
         self.ids = [f"{split}_{i:05d}" for i in range(self.num_images)]
+        self.cache = {} if cache else None
 
     def __len__(self):
         return self.num_images
@@ -182,7 +185,13 @@ class ShapesDataset:
         if not -self.num_images <= i < self.num_images:
             raise IndexError(f"{self.name}: index {i} out of range for {self.num_images} images")
         i = int(i) % self.num_images
-        return render(self.seed, self.split, i, self.size, **self.render_options)
+        if self.cache is not None and i in self.cache:
+            return self.cache[i]
+        image, label = render(self.seed, self.split, i, self.size, **self.render_options)
+        if self.cache is not None:
+            image.flags.writeable = label.flags.writeable = False      # shared by every later caller
+            self.cache[i] = image, label
+        return image, label
 
     def __repr__(self):
         h, w = self.size
