@@ -23,8 +23,8 @@ gather (the pieces below) puts rows back or leaves more out for the next stage, 
 of the plan (pool3, the first map an FCN head reads) the map is whole again.
 
     plan = plan_body(specs, 160, 160)      # conv1_1 pads by 8; pool1, pool2, pool3 gather
-    x = gather_forward(x, plan.gathers["pool1"])          # (N, C, 87, 87) -> (N, C, 99, 99)
-    dx = gather_backward(dout, plan.gathers["pool1"], x.shape)
+    y = gather_forward(x, plan.gathers["pool1"])          # x (N, C, 87, 87) -> y (N, C, 99, 99)
+    dx = gather_backward(dy, plan.gathers["pool1"], x.shape)              # dy (N, C, 99, 99) -> dx like x
 
 The gather's backward adds the gradient of every copy to the row it copied: the net computes the same
 function of the weights, so backprop through the smaller maps gives the same gradients (summed in
