@@ -185,6 +185,22 @@ def evaluate(net, dataset, batch_size=1, limit=None, visit=None):
     return hist, scores(hist)
 
 
+def dead_relu(net, images):
+    """The name of the first ReLU of the body that outputs zero at every pixel of every image, or None.
+
+    Such a layer passes no gradient down, ever: everything below it has stopped learning for good.
+    """
+    xp, alive = get_xp(net.device), set()
+    for image in images:                                    # one at a time: a dataset's images may differ in size
+        x = xp.asarray(_preprocess(image, net.preprocessing))[None]
+        for layer in net.body.layers:
+            x = layer.forward(x)
+            if type(layer).__name__ == "ReLU" and bool((x > 0).any()):
+                alive.add(layer.name)
+    return next((layer.name for layer in net.body.layers
+                 if type(layer).__name__ == "ReLU" and layer.name not in alive), None)
+
+
 def _preprocess(image, meta):
     from .data.transforms import preprocess
     return preprocess(image, meta)
@@ -319,6 +335,16 @@ def main(argv=None):
                     if result["mean_iu"] > state["best_mean_iu"]:
                         state["best_mean_iu"] = result["mean_iu"]
                         save_checkpoint(os.path.join(args.out, "best.npz"), net, opt, {**state, "iter": it})
+                    dead = dead_relu(net, [val_set[i][0] for i in range(min(2, len(val_set)))])
+                    if dead is not None:
+                        progress.newline()
+                        print(f"\nstopped at iteration {it}: {dead} outputs zero at every pixel of the first validation "
+                              "images: all its channels have died (steps drove their inputs below zero everywhere), so "
+                              "no gradient reaches the layers below it again and the net can only learn one answer for "
+                              f"every image. Narrow nets die this way at high learning rates (vgg16-tiny's conv1 has 4 "
+                              f"channels): start again with a lower --lr (yours: {args.lr:g}) or another --seed. "
+                              f"best.npz holds the best net so far.", file=sys.stderr)
+                        return 1
                 if it % args.checkpoint_every == 0 or it == total:
                     state["iter"] = it
                     save_checkpoint(ckpt_path, net, opt, state)

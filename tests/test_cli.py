@@ -141,3 +141,23 @@ def test_only_errors_meant_for_the_user_lose_their_traceback(capsys, monkeypatch
         with pytest.raises(type(e)):
             cli.run(failing(e), "prog")
     assert cli.run(lambda: 0, "prog") == 0
+
+
+def test_a_dead_relu_layer_stops_training_with_advice(tmp_path, capsys, monkeypatch):
+    """conv1_2 killed (every channel's input below zero everywhere): no gradient reaches conv1_1 again, so the first
+    validation stops the run, naming the layer and the usual cure, and keeps best.npz."""
+    build = models.build
+
+    def dead_build(*args, **kwargs):
+        net = build(*args, **kwargs)
+        net.params["conv1_2.W"][...] = 0
+        net.params["conv1_2.b"][...] = -1
+        return net
+
+    monkeypatch.setattr(train.models, "build", dead_build)
+    assert run_train(tmp_path, "--iters", "6", "--val-every", "2", "--workers", "1") == 1
+    err = capsys.readouterr().err
+    assert "stopped at iteration 2: relu1_2 outputs zero" in err and "--lr" in err and "--seed" in err
+    assert (tmp_path / "best.npz").exists()
+    monkeypatch.setattr(train.models, "build", build)
+    assert train.dead_relu(build("fcn8s", 6, backbone="vgg16-tiny"), [np.zeros((9, 9, 3), np.uint8)] * 2) is None
