@@ -2,7 +2,7 @@
 
 The bare command trains FCN-8s with the tiny VGG16 body on the built-in shapes dataset, on the CPU:
 
-    python -m minifcn.train                                   # under 10 minutes on 2 cores
+    python -m minifcn.train                                   # under 10 minutes on 2 cores (--time-budget)
     python -m minifcn.train --device gpu --backbone vgg16 --dataset voc --data-root VOCdevkit/VOC2012 \\
         --init vgg16.npz --loss sum --lr 1e-10 --momentum 0.99 --batch-size 1     # the reference's recipe
 
@@ -13,6 +13,12 @@ iteration i (which images, their mirroring, the dropout masks) is drawn from gen
 (seed, i), so --resume continues exactly where a run stopped. With --workers N (the default for the tiny net
 on a CPU with several cores) forward, loss and backward run in N worker processes, each on its share of the
 batch, and this process adds their gradients and takes the step (minifcn/parallel.py).
+
+The bare command (no --iters, no --epochs) trains for up to 11,000 iterations, but no longer than --time-budget
+(9 minutes): it times iterations 20 to 100 (inside the warmup, before the schedule has moved), one validation and
+one checkpoint, then fixes the number of iterations that fit, prints it and keeps it in the checkpoints, so that
+--resume continues the same schedule. A fast 2-core machine fits all 11,000; a slower one fits fewer and ends with
+a lower mean IU. Pass --iters for a run of a fixed length on any machine.
 
 Written to --out: log.jsonl (one JSON object per logged iteration and per validation), curves.png,
 checkpoint.npz (every --checkpoint-every iterations and at the end; atomically, so a crash or
@@ -47,6 +53,8 @@ from .viz import plot_curves
 # and 0.736), 4e-3 had killed about half of the body's channels (ReLUs that never fire again), and one run of
 # three lost all of relu1_2's four channels: a dead net (RESULTS.md).
 DEFAULT_ITERS = 11000
+DEFAULT_TIME_BUDGET = 9.0           # minutes: the issue's 10, less a minute for starting up and the machine's drift
+CALIBRATE = (20, 100)               # the iterations timed to fit the budget
 DEFAULT_ADAM_LR, DEFAULT_WARMUP = 2e-3, 300
 DEFAULT_IMAGE_SIZE = 160
 # Dropout 0.5 after fc6 and fc7 is the paper's, for the full VGG16 started from ImageNet weights, which would
@@ -77,6 +85,9 @@ def parse_args(argv=None):
     p.add_argument("--resume", default=None, help="a checkpoint.npz of this command to continue exactly")
     p.add_argument("--iters", type=int, default=None, help=f"iterations to train (default {DEFAULT_ITERS})")
     p.add_argument("--epochs", type=float, default=None, help="alternatively, passes over the training split")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="minutes: train only as many of the iterations as fit (timed over the first 100); default "
+                        f"{DEFAULT_TIME_BUDGET:g} when neither --iters nor --epochs is given, else none; 0 turns it off")
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--loss", default="mean", choices=["sum", "mean"],
                    help="mean over labelled pixels (lr ~1e-4..1e-2) or the reference's sum (lr ~1e-10)")
@@ -114,6 +125,10 @@ def parse_args(argv=None):
         args.lr = 1e-10 if args.loss == "sum" else DEFAULT_ADAM_LR if args.optimizer == "adam" else 0.01
     if args.warmup is None:
         args.warmup = DEFAULT_WARMUP if args.optimizer == "adam" else 0
+    if args.time_budget is None:
+        args.time_budget = DEFAULT_TIME_BUDGET if args.iters is None and args.epochs is None else 0.0
+    if args.time_budget < 0:
+        p.error(f"--time-budget must be 0 (off) or more minutes, got {args.time_budget:g}")
     if args.warmup < 0:
         p.error(f"--warmup must be 0 or more iterations, got {args.warmup}")
     if args.momentum is None:
@@ -167,6 +182,15 @@ def _clock(seconds):
 def iteration_seed(seed, it, stream=0):
     """A 32-bit seed for iteration `it` of a run with `seed` (stream: which random use)."""
     return int(np.random.SeedSequence([seed, it, stream]).generate_state(1)[0])
+
+
+def fit_budget(budget, elapsed, it, wanted, step, val, val_every, save, save_every):
+    """How many iterations (at most `wanted`, at least `it`, the ones done) end within `budget` seconds, when
+    `elapsed` seconds are spent, an iteration takes `step`, a validation `val` (every `val_every` iterations and
+    at the end) and a checkpoint `save` (every `save_every` and at the end)."""
+    per_iteration = step + val / val_every + save / save_every
+    left = budget - elapsed - val - save                            # the last validation and checkpoint
+    return int(min(wanted, max(it, it + left // per_iteration)))
 
 
 def evaluate(net, dataset, batch_size=1, limit=None, visit=None):
@@ -223,6 +247,7 @@ def load_checkpoint(path, device):
 
 
 def main(argv=None):
+    t_start = time.monotonic()
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     xp = get_xp(args.device)
@@ -241,7 +266,7 @@ def main(argv=None):
             raise ValueError(f"--resume {args.resume}: the checkpoint holds {net.arch} with {net.num_classes} "
                              f"classes, but this run asks for {args.model} with {K}; pass the same "
                              "--model / --num-classes / --dataset as the run that wrote it")
-        start, best = state["iter"], state.get("best_mean_iu", -1.0)
+        start, best, saved_total = state["iter"], state.get("best_mean_iu", -1.0), state.get("total")
         saved = state.get("args", {}).get("optimizer", "sgd")
         if saved != args.optimizer:
             print(f"note: {args.resume} was trained with {saved}; --optimizer {args.optimizer} starts with fresh "
@@ -258,11 +283,14 @@ def main(argv=None):
                            init=args.init).to(args.device)
         if args.init is None:   # from scratch: inputs of unit scale, which He-initialised layers expect
             net.preprocessing = dict(TORCHVISION_VGG)
-        velocities, start, best = {}, 0, -1.0
+        velocities, start, best, saved_total = {}, 0, -1.0, None
         open(log_path, "w").close()
         if net.init_report is not None:
             print(net.init_report, file=sys.stderr)
-    total = args.iters or (int(math.ceil(args.epochs * len(train_set) / args.batch_size)) if args.epochs else DEFAULT_ITERS)
+    wanted = args.iters or (int(math.ceil(args.epochs * len(train_set) / args.batch_size)) if args.epochs else DEFAULT_ITERS)
+    total, budget = wanted, args.time_budget * 60
+    if saved_total is not None and args.iters is None and args.epochs is None:
+        total, budget = saved_total, 0.0          # the length the first run fitted to its budget: the same schedule
 
     if args.optimizer == "adam":
         opt = Adam(net.params, args.lr, betas=(args.momentum, 0.999), weight_decay=args.weight_decay,
@@ -280,8 +308,8 @@ def main(argv=None):
     batch_iter = batches(train_set, args.batch_size, shuffle=True, seed=args.seed, crop_size=args.crop_size,
                          mirror=True, preprocessing=net.preprocessing, start=start)
     progress = Progress(total, start)
-    state = {"iter": start, "best_mean_iu": best, "args": vars(args)}
-    it, t_last, pixels = start, time.time(), 0
+    state = {"iter": start, "best_mean_iu": best, "args": vars(args), "total": total}
+    it, t_last, pixels, t_timed = start, time.time(), 0, None
     workers = None
     try:
         if args.workers > 1:
@@ -317,6 +345,12 @@ def main(argv=None):
                 opt.step(grads, lr)
                 it += 1
                 pixels += int(np.prod(labels.shape))
+                if budget and it == CALIBRATE[0]:
+                    t_timed = time.monotonic()
+                if budget and it == CALIBRATE[1] and t_timed is not None and it < total:
+                    progress.newline()
+                    total = progress.total = state["total"] = _fit(
+                        net, opt, val_set, args, state, it, total, budget, t_start, t_timed, ckpt_path)
                 if it % args.log_every == 0 or it == total:
                     now = time.time()
                     speed = pixels / max(now - t_last, 1e-9)
@@ -364,6 +398,26 @@ def main(argv=None):
     print(f"done: {total} iterations; best val mean IU {state['best_mean_iu']:.4f}; checkpoint {ckpt_path}",
           file=sys.stderr)
     return 0
+
+
+def _fit(net, opt, val_set, args, state, it, wanted, budget, t_start, t_timed, ckpt_path):
+    """At iteration CALIBRATE[1]: time the iterations since CALIBRATE[0], a validation (on a few images) and a
+    checkpoint (the real one of this iteration), and return the number of iterations that fit the budget."""
+    step = (time.monotonic() - t_timed) / (CALIBRATE[1] - CALIBRATE[0])
+    n_val = min(args.val_images or len(val_set), len(val_set))
+    t0 = time.monotonic()
+    evaluate(net, val_set, limit=min(4, n_val))
+    val = (time.monotonic() - t0) * n_val / min(4, n_val)
+    t0 = time.monotonic()
+    save_checkpoint(ckpt_path, net, opt, {**state, "iter": it})
+    plot_curves(os.path.join(args.out, "log.jsonl"), os.path.join(args.out, "curves.png"))
+    save = time.monotonic() - t0
+    total = fit_budget(budget, time.monotonic() - t_start, it, wanted, step, val + save, args.val_every,
+                       save, args.checkpoint_every)
+    save_checkpoint(ckpt_path, net, opt, {**state, "iter": it, "total": total})
+    print(f"time budget {budget / 60:g} min: {total} of {wanted} iterations fit ({step * 1e3:.0f} ms per iteration, "
+          f"{val:.1f} s per validation); pass --iters N for a fixed number", file=sys.stderr)
+    return total
 
 
 def _truncate_log(log_path, it):

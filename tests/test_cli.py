@@ -67,6 +67,50 @@ def test_resume_continues_exactly_with_sgd(tmp_path):
         np.testing.assert_array_equal(a.params[key], b.params[key], err_msg=key)
 
 
+def test_fit_budget_by_hand():
+    # 60 s budget, 10 s gone at iteration 100; 0.1 s a step, validations of 2 s every 100, saves of 1 s every 50:
+    # 0.1 + 0.02 + 0.02 = 0.14 s an iteration, 60 - 10 - 2 - 1 = 47 s left for them: 335 more
+    assert train.fit_budget(60, 10, 100, 11000, 0.1, 2.0, 100, 1.0, 50) == 435
+    assert train.fit_budget(60, 10, 100, 300, 0.1, 2.0, 100, 1.0, 50) == 300        # at most what was asked
+    assert train.fit_budget(60, 70, 100, 11000, 0.1, 2.0, 100, 1.0, 50) == 100      # over already: stop here
+
+
+def test_time_budget_fixes_the_length_and_resume_keeps_it(tmp_path, monkeypatch, capsys):
+    """The bare command's budget: timed at CALIBRATE[1], the fitted length goes into the checkpoints, and
+    --resume (with no --iters) continues that schedule to the bit, rather than the DEFAULT_ITERS asked for."""
+    monkeypatch.setattr(train, "CALIBRATE", (1, 3))
+    monkeypatch.setattr(train, "DEFAULT_ITERS", 9)
+    monkeypatch.setattr(train, "fit_budget", lambda *a: 7)       # as if 7 iterations fitted on this machine
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    args = ["--val-every", "100", "--checkpoint-every", "2"]      # no --iters: the budget applies (9 minutes)
+    assert run_train(whole, *args) == 0
+    assert "7 of 9 iterations fit" in capsys.readouterr().err
+    assert [r["iter"] for r in map(json.loads, open(whole / "log.jsonl")) if "loss" in r] == list(range(1, 8))
+
+    calls = []
+
+    def interrupted_loss(*a, **kw):
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return softmax_cross_entropy(*a, **kw)
+    monkeypatch.setattr(train, "softmax_cross_entropy", interrupted_loss)
+    assert run_train(part, *args) == 130                          # stopped in iteration 6; checkpoint at 4
+    monkeypatch.setattr(train, "softmax_cross_entropy", softmax_cross_entropy)
+    monkeypatch.setattr(train, "fit_budget", lambda *a: 1 / 0)   # a resumed run must not time itself again
+    assert run_train(part, *args, "--resume", str(part / "checkpoint.npz")) == 0
+    a, b = models.load(whole / "checkpoint.npz"), models.load(part / "checkpoint.npz")
+    for key in a.params:
+        np.testing.assert_array_equal(a.params[key], b.params[key], err_msg=key)
+
+
+def test_an_explicit_iters_is_not_cut_by_the_default_budget(tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "CALIBRATE", (1, 3))
+    monkeypatch.setattr(train, "fit_budget", lambda *a: 1 / 0)
+    assert run_train(tmp_path, "--iters", "4", "--val-every", "100") == 0
+    assert train.parse_args(["--iters", "4"]).time_budget == 0 and train.parse_args([]).time_budget == 9
+
+
 def test_nan_loss_stops_with_advice_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     assert run_train(tmp_path, "--iters", "2", "--val-every", "100", "--checkpoint-every", "1") == 0
     good = {k: v.copy() for k, v in models.load(tmp_path / "checkpoint.npz").params.items()}
