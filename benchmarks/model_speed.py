@@ -206,7 +206,10 @@ def main():
             print(_profile(case, mine["profile"]))
     table = _table(rows)
     print("\n" + table)
-    if args.append:
+    failed = [case for case, mine, theirs in rows if mine is None or theirs is None]
+    if args.append and failed:
+        print(f"not appended to RESULTS.md: no figures for {', '.join(failed)} (see the errors above)", file=sys.stderr)
+    elif args.append:
         machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
         header = (f"\n## model_speed, {datetime.date.today()}, {args.device} ({machine}, numpy {np.__version__})\n\n"
                   f"`python benchmarks/model_speed.py {' '.join(sys.argv[1:])}`\n\n")

@@ -16,8 +16,9 @@ batch, and this process adds their gradients and takes the step (minifcn/paralle
 
 The bare command (no --iters, no --epochs) trains for up to 11,000 iterations, but no longer than --time-budget
 (9 minutes): it times iterations 20 to 100 (inside the warmup, before the schedule has moved), one validation and
-one checkpoint, then fixes the number of iterations that fit, prints it and keeps it in the checkpoints, so that
---resume continues the same schedule. A fast 2-core machine fits all 11,000; a slower one fits fewer and ends with
+one checkpoint, then fixes the number of iterations that fit, and fits it again after every validation (a shared
+machine drifts); it prints each change and keeps the number in the checkpoints, so that --resume continues the
+same schedule. A fast 2-core machine fits all 11,000; a slower one fits fewer and ends with
 a lower mean IU. Pass --iters for a run of a fixed length on any machine.
 
 Written to --out: log.jsonl (one JSON object per logged iteration and per validation), curves.png,
@@ -47,7 +48,8 @@ from .viz import plot_curves
 
 # The bare command's budget: FCN-8s, vgg16-tiny, 160x160 shapes, batch 2 shared by 2 worker processes,
 # Adam 2e-3 after a 300-iteration warmup, with the poly schedule. Measured on 2 CPU cores
-# (benchmarks/train_shapes.py): about 7 minutes. Larger images in small batches beat many small images here,
+# (benchmarks/train_shapes.py): about 7 minutes on an AMD EPYC, where all 11,000 iterations fit the time budget
+# (an Intel Xeon at 2.0 GHz fitted 3,530). Larger images in small batches beat many small images here,
 # and more steps of batch 2 beat fewer of batch 4 (benchmarks/RESULTS.md). With the warmup 4e-3 learned faster
 # at first (0.56 mean IU at 2,400 iterations against 0.43, in PyTorch), but by 11,000 the two were level (0.734
 # and 0.736), 4e-3 had killed about half of the body's channels (ReLUs that never fire again), and one run of
@@ -360,6 +362,7 @@ def main(argv=None):
                     progress.update(it, loss, speed, force=it % (args.log_every * 10) == 0)
                 if it % args.val_every == 0 or it == total:
                     progress.newline()
+                    t_val = time.monotonic()
                     _, result = evaluate(net, val_set, limit=args.val_images)
                     log.write(json.dumps({"iter": it, **{k: result[k] for k in
                                                          ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")}}) + "\n")
@@ -379,6 +382,9 @@ def main(argv=None):
                               f"channels): start again with a lower --lr (yours: {args.lr:g}) or another --seed. "
                               f"best.npz holds the best net so far.", file=sys.stderr)
                         return 1
+                    if budget and t_timed is not None and CALIBRATE[1] < it < total:   # machines drift: fit again
+                        total = progress.total = state["total"] = _refit(
+                            budget, t_start, t_timed, it, wanted, total, time.monotonic() - t_val)
                 if it % args.checkpoint_every == 0 or it == total:
                     state["iter"] = it
                     save_checkpoint(ckpt_path, net, opt, state)
@@ -418,6 +424,18 @@ def _fit(net, opt, val_set, args, state, it, wanted, budget, t_start, t_timed, c
     print(f"time budget {budget / 60:g} min: {total} of {wanted} iterations fit ({step * 1e3:.0f} ms per iteration, "
           f"{val:.1f} s per validation); pass --iters N for a fixed number", file=sys.stderr)
     return total
+
+
+def _refit(budget, t_start, t_timed, it, wanted, total, val):
+    """After a validation: the iterations that fit now, from the time per iteration so far (validations and
+    checkpoints included) and `val`, the seconds the validation took (one more comes at the end). A shared machine
+    can run the same steps 20% slower for minutes at a time, so the first fit alone can overrun the budget."""
+    so_far = (time.monotonic() - t_timed) / (it - CALIBRATE[0])
+    fitted = fit_budget(budget, time.monotonic() - t_start, it, wanted, so_far, val, math.inf, 0.0, math.inf)
+    if fitted != total:
+        print(f"time budget: {fitted} iterations fit now ({so_far * 1e3:.0f} ms per iteration so far, all included)",
+              file=sys.stderr)
+    return fitted
 
 
 def _truncate_log(log_path, it):

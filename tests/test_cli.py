@@ -73,6 +73,8 @@ def test_fit_budget_by_hand():
     assert train.fit_budget(60, 10, 100, 11000, 0.1, 2.0, 100, 1.0, 50) == 435
     assert train.fit_budget(60, 10, 100, 300, 0.1, 2.0, 100, 1.0, 50) == 300        # at most what was asked
     assert train.fit_budget(60, 70, 100, 11000, 0.1, 2.0, 100, 1.0, 50) == 100      # over already: stop here
+    # a re-fit: 0.14 s an iteration with everything included, one validation of 2 s to come: 48 s for 342 more
+    assert train.fit_budget(60, 10, 100, 11000, 0.14, 2.0, float("inf"), 0.0, float("inf")) == 442
 
 
 def test_time_budget_fixes_the_length_and_resume_keeps_it(tmp_path, monkeypatch, capsys):
@@ -102,6 +104,19 @@ def test_time_budget_fixes_the_length_and_resume_keeps_it(tmp_path, monkeypatch,
     a, b = models.load(whole / "checkpoint.npz"), models.load(part / "checkpoint.npz")
     for key in a.params:
         np.testing.assert_array_equal(a.params[key], b.params[key], err_msg=key)
+
+
+def test_time_budget_is_fitted_again_after_each_validation(tmp_path, monkeypatch, capsys):
+    """A machine that slows down mid-run: the fit after the validation at iteration 4 shortens the run to 6."""
+    monkeypatch.setattr(train, "CALIBRATE", (1, 3))
+    fits = iter([9, 6])
+    monkeypatch.setattr(train, "fit_budget", lambda *a: next(fits))
+    assert run_train(tmp_path, "--val-every", "4", "--checkpoint-every", "100") == 0
+    records = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    assert [r["iter"] for r in records if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert [r["iter"] for r in records if "mean_iu" in r] == [4, 6]
+    assert "6 iterations fit now" in capsys.readouterr().err
+    assert json.loads(str(np.load(tmp_path / "checkpoint.npz")["__train__"]))["total"] == 6
 
 
 def test_an_explicit_iters_is_not_cut_by_the_default_budget(tmp_path, monkeypatch):
