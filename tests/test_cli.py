@@ -19,6 +19,18 @@ def run_train(out, *extra):
     return train.main([*TINY, "--out", str(out), *extra])
 
 
+def interrupt_in_iteration(n, monkeypatch):
+    """Ctrl-C in the loss of iteration n (1-based) of the next run."""
+    calls = []
+
+    def interrupted_loss(*a, **kw):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return softmax_cross_entropy(*a, **kw)
+    monkeypatch.setattr(train, "softmax_cross_entropy", interrupted_loss)
+
+
 def test_train_writes_log_curves_and_checkpoints(tmp_path):
     assert run_train(tmp_path, "--iters", "4", "--val-every", "2", "--checkpoint-every", "2") == 0
     records = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
@@ -36,14 +48,7 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     args = ["--iters", "6", "--val-every", "100", "--checkpoint-every", "2"]
     assert run_train(whole, *args) == 0
 
-    calls = []
-
-    def interrupted_loss(*a, **kw):
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return softmax_cross_entropy(*a, **kw)
-    monkeypatch.setattr(train, "softmax_cross_entropy", interrupted_loss)
+    interrupt_in_iteration(5, monkeypatch)
     assert run_train(part, *args) == 130
     monkeypatch.undo()
     assert run_train(part, *args, "--resume", str(part / "checkpoint.npz")) == 0
@@ -89,14 +94,7 @@ def test_time_budget_fixes_the_length_and_resume_keeps_it(tmp_path, monkeypatch,
     assert "7 of 9 iterations fit" in capsys.readouterr().err
     assert [r["iter"] for r in map(json.loads, open(whole / "log.jsonl")) if "loss" in r] == list(range(1, 8))
 
-    calls = []
-
-    def interrupted_loss(*a, **kw):
-        calls.append(1)
-        if len(calls) == 6:
-            raise KeyboardInterrupt
-        return softmax_cross_entropy(*a, **kw)
-    monkeypatch.setattr(train, "softmax_cross_entropy", interrupted_loss)
+    interrupt_in_iteration(6, monkeypatch)
     assert run_train(part, *args) == 130                          # stopped in iteration 6; checkpoint at 4
     monkeypatch.setattr(train, "softmax_cross_entropy", softmax_cross_entropy)
     monkeypatch.setattr(train, "fit_budget", lambda *a: 1 / 0)   # a resumed run must not time itself again
