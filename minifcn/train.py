@@ -14,12 +14,12 @@ iteration i (which images, their mirroring, the dropout masks) is drawn from gen
 on a CPU with several cores) forward, loss and backward run in N worker processes, each on its share of the
 batch, and this process adds their gradients and takes the step (minifcn/parallel.py).
 
-The bare command (no --iters, no --epochs) trains for up to 11,000 iterations, but no longer than --time-budget
-(9 minutes): it times iterations 20 to 100 (inside the warmup, before the schedule has moved), one validation and
-one checkpoint, then fixes the number of iterations that fit, and fits it again after every validation (a shared
-machine drifts); it prints each change and keeps the number in the checkpoints, so that --resume continues the
-same schedule. A fast 2-core machine fits all 11,000; a slower one fits fewer and ends with
-a lower mean IU. Pass --iters for a run of a fixed length on any machine.
+On the shapes with no --iters and no --epochs (the bare command) it trains up to 11,000 iterations, but no longer
+than --time-budget (9 minutes): it times iterations 20 to 100 (inside the warmup, before the schedule has moved),
+one validation and one checkpoint, fixes the number of iterations that fit, and fits it again after every
+validation (a shared machine drifts); it prints each change and keeps the number in the checkpoints, so that
+--resume continues the same schedule. A fast 2-core machine fits all 11,000; a slower one fits fewer and ends
+with a lower mean IU. Pass --iters for a run of a fixed length on any machine.
 
 Written to --out: log.jsonl (one JSON object per logged iteration and per validation), curves.png,
 checkpoint.npz (every --checkpoint-every iterations and at the end; atomically, so a crash or
@@ -89,7 +89,8 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=float, default=None, help="alternatively, passes over the training split")
     p.add_argument("--time-budget", type=float, default=None,
                    help="minutes: train only as many of the iterations as fit (timed over the first 100); default "
-                        f"{DEFAULT_TIME_BUDGET:g} when neither --iters nor --epochs is given, else none; 0 turns it off")
+                        f"{DEFAULT_TIME_BUDGET:g} on the shapes when neither --iters nor --epochs is given, else "
+                        "none; 0 turns it off")
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--loss", default="mean", choices=["sum", "mean"],
                    help="mean over labelled pixels (lr ~1e-4..1e-2) or the reference's sum (lr ~1e-10)")
@@ -128,7 +129,8 @@ def parse_args(argv=None):
     if args.warmup is None:
         args.warmup = DEFAULT_WARMUP if args.optimizer == "adam" else 0
     if args.time_budget is None:
-        args.time_budget = DEFAULT_TIME_BUDGET if args.iters is None and args.epochs is None else 0.0
+        bare = args.iters is None and args.epochs is None and args.dataset == "shapes"   # the demo, not a real run
+        args.time_budget = DEFAULT_TIME_BUDGET if bare else 0.0
     if args.time_budget < 0:
         p.error(f"--time-budget must be 0 (off) or more minutes, got {args.time_budget:g}")
     if args.warmup < 0:
@@ -302,8 +304,9 @@ def main(argv=None):
     opt.load_state_dict(velocities, args.device)
     net.input_grad = False                                          # the images need no gradient
     dropouts = [(i, layer) for i, layer in enumerate(net.layers) if isinstance(layer, Dropout) and layer.p > 0]
+    cut = f" (or fewer, to fit {args.time_budget:g} minutes)" if budget else ""
     print(f"{net}\ntraining {args.model} on {args.dataset} ({len(train_set)} train / {len(val_set)} val images) "
-          f"for {total} iterations of batch {args.batch_size} on {args.device} ({args.optimizer}, lr {args.lr:g}, "
+          f"for {total} iterations{cut} of batch {args.batch_size} on {args.device} ({args.optimizer}, lr {args.lr:g}, "
           f"{args.lr_policy}); output in {args.out}",
           file=sys.stderr)
 
