@@ -49,7 +49,7 @@ from .viz import plot_curves
 # The bare command's budget: FCN-8s, vgg16-tiny, 160x160 shapes, batch 2 shared by 2 worker processes,
 # Adam 2e-3 after a 300-iteration warmup, with the poly schedule. Measured on 2 CPU cores
 # (benchmarks/train_shapes.py): about 7 minutes on an AMD EPYC, where all 11,000 iterations fit the time budget
-# (an Intel Xeon at 2.0 GHz fitted 3,530). Larger images in small batches beat many small images here,
+# (an Intel Xeon at 2.0 GHz fitted about 3,600). Larger images in small batches beat many small images here,
 # and more steps of batch 2 beat fewer of batch 4 (benchmarks/RESULTS.md). With the warmup 4e-3 learned faster
 # at first (0.56 mean IU at 2,400 iterations against 0.43, in PyTorch), but by 11,000 the two were level (0.734
 # and 0.736), 4e-3 had killed about half of the body's channels (ReLUs that never fire again), and one run of
