@@ -39,7 +39,7 @@ from .backend import get_xp, to_numpy
 from .data import get_dataset
 from .data.shapes import DEFAULT_COUNTS
 from .data.transforms import TORCHVISION_VGG, batches
-from .layers import Dropout
+from .layers import Dropout, ReLU
 from .metrics import confusion, format_table, scores
 from .ops import softmax_cross_entropy
 from .optim import SGD, Adam, learning_rate
@@ -223,10 +223,10 @@ def dead_relu(net, images):
         x = xp.asarray(_preprocess(image, net.preprocessing))[None]
         for layer in net.body.layers:
             x = layer.forward(x)
-            if type(layer).__name__ == "ReLU" and bool((x > 0).any()):
+            if isinstance(layer, ReLU) and bool((x > 0).any()):
                 alive.add(layer.name)
     return next((layer.name for layer in net.body.layers
-                 if type(layer).__name__ == "ReLU" and layer.name not in alive), None)
+                 if isinstance(layer, ReLU) and layer.name not in alive), None)
 
 
 def _preprocess(image, meta):

@@ -11,7 +11,7 @@ NAMES = ["fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce"]
 
 def body_specs(net):
     """conv1_1 .. pool3 of a net's body as geometry specs (what VGG16.plateau_plan plans over)."""
-    layers = net.body.layers[:net.body.layers.index(net.body.layer("pool3")) + 1]
+    layers = net.body.up_to("pool3")
     return tuple(geometry.spec_of(layer) for layer in layers if layer.name.startswith(("conv", "pool")))
 
 
@@ -56,7 +56,7 @@ def test_the_plan_at_160_pixels():
     assert plan.pad == (8, 8) and set(plan.gathers) == {"pool1", "pool2", "pool3"}
     x = np.zeros((1, 3, 160, 160), np.float32)
     sizes = {}
-    for layer in net.body.layers[:net.body.layers.index(net.body.layer("pool3")) + 1]:
+    for layer in net.body.up_to("pool3"):
         x = layer.forward(x, pad=plan.pad) if layer.name == "conv1_1" else layer.forward(x)
         sizes[layer.name] = x.shape[2]
         if layer.name in plan.gathers:
@@ -78,7 +78,7 @@ def test_rows_with_one_signature_hold_equal_numbers(n):
     names = dict(zip([s.name for s in specs], sig.run(sig.image(n, 100), specs, padded=True)))
     x = np.random.default_rng(1).standard_normal((1, 3, n, n))
     with fast.disabled():
-        for layer in net.body.layers[:net.body.layers.index(net.body.layer("pool3")) + 1]:
+        for layer in net.body.up_to("pool3"):
             x = layer.forward(x)
             if layer.name in ("pool1", "pool2", "pool3"):
                 rows = names[layer.name]
@@ -102,7 +102,7 @@ def test_two_more_rows_out_of_conv1_1s_pad_would_be_wrong():
     def pool1(p):
         h = x
         with fast.disabled():
-            for layer in net.body.layers[:net.body.layers.index(net.body.layer("pool1")) + 1]:
+            for layer in net.body.up_to("pool1"):
                 h = layer.forward(h, pad=p) if layer.name == "conv1_1" else layer.forward(h)
         return h
 
@@ -138,7 +138,7 @@ def test_the_gather_and_its_backward_are_adjoint(n, k_in, k_out, seed):
 
 def test_the_pad_of_one_call_leaves_the_layer_alone():
     net = build("fcn32s", num_classes=2, backbone="vgg16-tiny", dropout=0)
-    conv1_1 = net.body.layer("conv1_1")
+    conv1_1 = net.body.layers[0]
     out = conv1_1.forward(np.zeros((1, 3, 4, 4), np.float32), pad=8)
     assert out.shape[2:] == (18, 18) and conv1_1.pad == 100
     want, _ = ops.conv2d_forward(np.zeros((1, 3, 4, 4), np.float32), conv1_1.W, conv1_1.b, 1, 8)

@@ -114,12 +114,13 @@ class VGG16:
         """minifcn.plateau's plan for an input of this size, or None (the plain path, or fast.PLATEAU off)."""
         if not (use_fast() and fast.PLATEAU):
             return None
-        specs = [geometry.spec_of(layer) for layer in self.layers[:self.layers.index(self.layer("pool3")) + 1]
-                 if isinstance(layer, (Conv2d, MaxPool2d))]
+        specs = [geometry.spec_of(layer) for layer in self.up_to("pool3") if isinstance(layer, (Conv2d, MaxPool2d))]
         return plateau.plan_body(specs, *size)
 
-    def layer(self, name):
-        return next(layer for layer in self.layers if layer.name == name)
+    def up_to(self, name):
+        """The body's layers from conv1_1 up to and including the one called `name`."""
+        names = [layer.name for layer in self.layers]
+        return self.layers[:names.index(name) + 1]
 
     def graph(self):
         """The body as geometry specs: a chain from the input "data" to drop7."""
