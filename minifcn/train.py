@@ -264,44 +264,11 @@ def main(argv=None):
 
     log_path = os.path.join(args.out, "log.jsonl")
     ckpt_path = os.path.join(args.out, "checkpoint.npz")
-    if args.resume:
-        net, state, velocities = load_checkpoint(args.resume, args.device)
-        if (net.arch, net.num_classes) != (args.model, K):
-            raise ValueError(f"--resume {args.resume}: the checkpoint holds {net.arch} with {net.num_classes} "
-                             f"classes, but this run asks for {args.model} with {K}; pass the same "
-                             "--model / --num-classes / --dataset as the run that wrote it")
-        start, best, saved_total = state["iter"], state.get("best_mean_iu", -1.0), state.get("total")
-        saved = state.get("args", {}).get("optimizer", "sgd")
-        if saved != args.optimizer:
-            print(f"note: {args.resume} was trained with {saved}; --optimizer {args.optimizer} starts with fresh "
-                  "optimiser state (the parameters and iteration carry over)", file=sys.stderr)
-        saved_workers = state.get("args", {}).get("workers", 1)
-        if saved_workers != args.workers:
-            print(f"note: {args.resume} was trained with --workers {saved_workers}, this run uses {args.workers}: it "
-                  "continues, but not to the bit (gradients are summed in another order, dropout masks differ); "
-                  f"pass --workers {saved_workers} for an exact continuation", file=sys.stderr)
-        _truncate_log(log_path, start)
-    else:
-        net = models.build(args.model, num_classes=K, backbone=args.backbone, width=args.width,
-                           dropout=args.dropout, learnable_upsampling=args.learnable_upsampling, seed=args.seed,
-                           init=args.init).to(args.device)
-        if args.init is None:   # from scratch: inputs of unit scale, which He-initialised layers expect
-            net.preprocessing = dict(TORCHVISION_VGG)
-        velocities, start, best, saved_total = {}, 0, -1.0, None
-        open(log_path, "w").close()
-        if net.init_report is not None:
-            print(net.init_report, file=sys.stderr)
+    net, opt, start, best, saved_total = _start(args, K, log_path)
     wanted = args.iters or (int(math.ceil(args.epochs * len(train_set) / args.batch_size)) if args.epochs else DEFAULT_ITERS)
     total, budget = wanted, args.time_budget * 60
     if saved_total is not None and args.iters is None and args.epochs is None:
         total, budget = saved_total, 0.0          # the length the first run fitted to its budget: the same schedule
-
-    if args.optimizer == "adam":
-        opt = Adam(net.params, args.lr, betas=(args.momentum, 0.999), weight_decay=args.weight_decay,
-                   frozen=net.frozen)
-    else:
-        opt = SGD(net.params, args.lr, args.momentum, args.weight_decay, frozen=net.frozen)
-    opt.load_state_dict(velocities, args.device)
     net.input_grad = False                                          # the images need no gradient
     dropouts = [(i, layer) for i, layer in enumerate(net.layers) if isinstance(layer, Dropout) and layer.p > 0]
     cut = f" (or fewer, to fit {args.time_budget:g} minutes)" if budget else ""
@@ -327,19 +294,7 @@ def main(argv=None):
                 x, labels = next(batch_iter)
                 x, labels = xp.asarray(x), xp.asarray(labels)
                 lr = learning_rate(args.lr, it, args.lr_policy, max_iter=total, warmup=args.warmup)
-                if workers is None:
-                    for i, layer in dropouts:                       # masks of iteration `it`, reproducibly
-                        layer.rng = xp.random.default_rng(iteration_seed(args.seed, it, 1 + i))
-                    scores_ = net.forward(x, train=True)            # (N, K, H, W)
-                    loss, dscores = softmax_cross_entropy(scores_, labels, reduction=args.loss)
-                    if math.isfinite(loss):
-                        net.backward(dscores)
-                    grads = net.grads
-                else:                                               # the same step, shared out
-                    # rank 0 draws the masks one process would (streams 1 + i); rank r streams 1 + i + 1000 r
-                    seeds = [[iteration_seed(args.seed, it, 1 + i + 1000 * rank) for i, _ in dropouts]
-                             for rank in range(args.workers)]
-                    loss, grads = workers.step(x, labels, args.loss, seeds)
+                loss, grads = _step(net, workers, dropouts, x, labels, args, it)
                 if not math.isfinite(loss):
                     progress.newline()
                     raise FloatingPointError(
@@ -366,18 +321,8 @@ def main(argv=None):
                 if it % args.val_every == 0 or it == total:
                     progress.newline()
                     t_val = time.monotonic()
-                    _, result = evaluate(net, val_set, limit=args.val_images)
-                    log.write(json.dumps({"iter": it, **{k: result[k] for k in
-                                                         ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")}}) + "\n")
-                    log.flush()
-                    print(f"iteration {it}: " + format_table(result, val_set.class_names).split("\n")[0],
-                          file=sys.stderr)
-                    if result["mean_iu"] > state["best_mean_iu"]:
-                        state["best_mean_iu"] = result["mean_iu"]
-                        save_checkpoint(os.path.join(args.out, "best.npz"), net, opt, {**state, "iter": it})
-                    dead = dead_relu(net, [val_set[i][0] for i in range(min(2, len(val_set)))])
+                    dead = _validate(net, opt, val_set, args, state, it, log)
                     if dead is not None:
-                        progress.newline()
                         print(f"\nstopped at iteration {it}: {dead} outputs zero at every pixel of the first validation "
                               "images: all its channels have died (steps drove their inputs below zero everywhere), so "
                               "no gradient reaches the layers below it again and the net can only learn one answer for "
@@ -407,6 +352,76 @@ def main(argv=None):
     print(f"done: {total} iterations; best val mean IU {state['best_mean_iu']:.4f}; checkpoint {ckpt_path}",
           file=sys.stderr)
     return 0
+
+
+def _start(args, K, log_path):
+    """A new net, or the one --resume names with its optimiser state -> (net, optimiser, first iteration, best val
+    mean IU so far, the run length saved by a time-budgeted run or None)."""
+    if args.resume:
+        net, state, velocities = load_checkpoint(args.resume, args.device)
+        if (net.arch, net.num_classes) != (args.model, K):
+            raise ValueError(f"--resume {args.resume}: the checkpoint holds {net.arch} with {net.num_classes} "
+                             f"classes, but this run asks for {args.model} with {K}; pass the same "
+                             "--model / --num-classes / --dataset as the run that wrote it")
+        start, best, saved_total = state["iter"], state.get("best_mean_iu", -1.0), state.get("total")
+        saved = state.get("args", {}).get("optimizer", "sgd")
+        if saved != args.optimizer:
+            print(f"note: {args.resume} was trained with {saved}; --optimizer {args.optimizer} starts with fresh "
+                  "optimiser state (the parameters and iteration carry over)", file=sys.stderr)
+        saved_workers = state.get("args", {}).get("workers", 1)
+        if saved_workers != args.workers:
+            print(f"note: {args.resume} was trained with --workers {saved_workers}, this run uses {args.workers}: it "
+                  "continues, but not to the bit (gradients are summed in another order, dropout masks differ); "
+                  f"pass --workers {saved_workers} for an exact continuation", file=sys.stderr)
+        _truncate_log(log_path, start)
+    else:
+        net = models.build(args.model, num_classes=K, backbone=args.backbone, width=args.width,
+                           dropout=args.dropout, learnable_upsampling=args.learnable_upsampling, seed=args.seed,
+                           init=args.init).to(args.device)
+        if args.init is None:   # from scratch: inputs of unit scale, which He-initialised layers expect
+            net.preprocessing = dict(TORCHVISION_VGG)
+        velocities, start, best, saved_total = {}, 0, -1.0, None
+        open(log_path, "w").close()
+        if net.init_report is not None:
+            print(net.init_report, file=sys.stderr)
+    if args.optimizer == "adam":
+        opt = Adam(net.params, args.lr, betas=(args.momentum, 0.999), weight_decay=args.weight_decay,
+                   frozen=net.frozen)
+    else:
+        opt = SGD(net.params, args.lr, args.momentum, args.weight_decay, frozen=net.frozen)
+    opt.load_state_dict(velocities, args.device)        # empty for a new run: the optimiser starts from zero
+    return net, opt, start, best, saved_total
+
+
+def _step(net, workers, dropouts, x, labels, args, it):
+    """Forward, the per-pixel loss and backward of iteration `it` on batch x (N, 3, H, W), labels (N, H, W)
+    -> (loss, grads). No backward when the loss is not finite: the caller stops the run."""
+    if workers is not None:                             # the same step, shared out between worker processes
+        # rank 0 draws the masks one process would (streams 1 + i); rank r streams 1 + i + 1000 r
+        seeds = [[iteration_seed(args.seed, it, 1 + i + 1000 * rank) for i, _ in dropouts]
+                 for rank in range(args.workers)]
+        return workers.step(x, labels, args.loss, seeds)
+    xp = get_xp(net.device)
+    for i, layer in dropouts:                           # masks of iteration `it`, reproducibly
+        layer.rng = xp.random.default_rng(iteration_seed(args.seed, it, 1 + i))
+    scores_ = net.forward(x, train=True)                # (N, K, H, W)
+    loss, dscores = softmax_cross_entropy(scores_, labels, reduction=args.loss)
+    if math.isfinite(loss):
+        net.backward(dscores)
+    return loss, net.grads
+
+
+def _validate(net, opt, val_set, args, state, it, log):
+    """The paper's four metrics on the val split at iteration `it`: logged, printed, and best.npz written when
+    the mean IU beats the best so far -> the name of a body ReLU that has died (dead_relu), or None."""
+    _, result = evaluate(net, val_set, limit=args.val_images)
+    log.write(json.dumps({"iter": it, **{k: result[k] for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")}}) + "\n")
+    log.flush()
+    print(f"iteration {it}: " + format_table(result, val_set.class_names).split("\n")[0], file=sys.stderr)
+    if result["mean_iu"] > state["best_mean_iu"]:
+        state["best_mean_iu"] = result["mean_iu"]
+        save_checkpoint(os.path.join(args.out, "best.npz"), net, opt, {**state, "iter": it})
+    return dead_relu(net, [val_set[i][0] for i in range(min(2, len(val_set)))])
 
 
 def _fit(net, opt, val_set, args, state, it, wanted, budget, t_start, t_timed, ckpt_path):
