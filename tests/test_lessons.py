@@ -1,4 +1,7 @@
-"""Every lesson notebook runs top to bottom in fast mode (MINIFCN_FAST=1), and none is committed with outputs."""
+"""Every lesson notebook runs top to bottom in fast mode (MINIFCN_FAST=1), and none is committed with outputs.
+
+The lessons that reach for minifcn.fast run a second time with it blocked, as in the student package that
+`python -m minifcn.assignments make` writes (it leaves fast.py out)."""
 import os
 from pathlib import Path
 
@@ -21,14 +24,37 @@ def test_committed_notebook_has_no_outputs(path):
                 f"{path.name} cell {i} carries outputs: clear them before committing"
 
 
-@pytest.mark.parametrize("path", LESSONS, ids=[p.stem for p in LESSONS])
-def test_lesson_runs_in_fast_mode(path, tmp_path, monkeypatch):
+def run_notebook(path, tmp_path, monkeypatch, pythonpath=()):
+    """Execute the notebook at `path` in fast mode, in a scratch folder; raise on any error or failed assert."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     monkeypatch.setenv("MINIFCN_FAST", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    monkeypatch.setenv("PYTHONPATH", str(path.parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    paths = [*pythonpath, str(path.parents[1]), os.environ.get("PYTHONPATH", "")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
     client.execute()   # raises CellExecutionError, naming the cell, on any error or failed assert
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=[p.stem for p in LESSONS])
+def test_lesson_runs_in_fast_mode(path, tmp_path, monkeypatch):
+    run_notebook(path, tmp_path, monkeypatch)
+
+
+USING_FAST = [p for p in LESSONS if "fast" in p.read_text().replace("MINIFCN_FAST", "").replace("FAST", "")
+              and ("import fast" in p.read_text() or "minifcn.fast" in p.read_text())]
+
+
+def test_some_lessons_use_the_fast_paths():
+    assert len(USING_FAST) >= 2          # else the test below checks nothing
+
+
+@pytest.mark.parametrize("path", USING_FAST, ids=[p.stem for p in USING_FAST])
+def test_lesson_runs_without_the_fast_paths(path, tmp_path, monkeypatch):
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    # sitecustomize runs at the kernel's start: importing minifcn.fast then raises ImportError, as in the handout
+    (blocker / "sitecustomize.py").write_text("import sys\nsys.modules['minifcn.fast'] = None\n")
+    run_notebook(path, tmp_path, monkeypatch, pythonpath=[str(blocker)])
