@@ -9,6 +9,7 @@ layers run: the fast paths of minifcn.fast, or with --plain the plain ops of min
 """
 import argparse
 import datetime
+import os
 import platform
 import sys
 import tracemalloc
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+os.environ["CUPY_TF32"] = "0"       # TF32 off on CuPy's side (its default, made explicit), before CuPy is imported
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from minifcn import fast, ops  # noqa: E402
 from minifcn.backend import get_xp  # noqa: E402

@@ -373,6 +373,11 @@ def _start(args, K, log_path):
             print(f"note: {args.resume} was trained with --workers {saved_workers}, this run uses {args.workers}: it "
                   "continues, but not to the bit (gradients are summed in another order, dropout masks differ); "
                   f"pass --workers {saved_workers} for an exact continuation", file=sys.stderr)
+        saved_device = state.get("args", {}).get("device", "cpu")
+        if saved_device != args.device and net.dropout > 0:
+            print(f"note: {args.resume} was trained on the {saved_device}, this run is on the {args.device}: the dropout "
+                  "masks come from another generator (NumPy's or cuRAND's), so it continues, but not to the bit",
+                  file=sys.stderr)
         _truncate_log(log_path, start)
     else:
         net = models.build(args.model, num_classes=K, backbone=args.backbone, width=args.width,

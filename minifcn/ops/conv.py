@@ -13,7 +13,7 @@ cheap to rebuild, so the backward calls im2col again.
 """
 import numpy as np
 
-from ..backend import check_inputs, check_ndim, pair
+from ..backend import check_inputs, check_ndim, pair, to_numpy
 from ..im2col import col2im, conv_output_size, im2col
 
 _W_CONV = ("F", "C", "KH", "KW")
@@ -220,5 +220,5 @@ def conv_transpose2d_naive(x, W, b=None, stride=1, pad=0):
                                 if 0 <= oy < OH and 0 <= ox < OW:
                                     out[n, co, oy, ox] += float(x[n, ci, y, xx]) * float(W[ci, co, i, j])
     if b is not None:
-        out += np.asarray(b, dtype=np.float64).reshape(1, C_out, 1, 1)
+        out += np.asarray(to_numpy(b), dtype=np.float64).reshape(1, C_out, 1, 1)
     return out
