@@ -14,7 +14,7 @@ import os
 import sys
 
 
-def _for_the_user(e):
+def for_the_user(e):
     """An error minifcn raised with a message for the user: ValueError, OSError, FloatingPointError, or
     RuntimeError itself (not NotImplementedError, RecursionError or CuPy's CUDA errors, which subclass it)."""
     if isinstance(e, RuntimeError):
@@ -27,7 +27,7 @@ def run(main, prog):
     try:
         return main()
     except Exception as e:
-        if os.environ.get("MINIFCN_TRACEBACK") or not _for_the_user(e):
+        if os.environ.get("MINIFCN_TRACEBACK") or not for_the_user(e):
             raise
         print(f"{prog}: error: {e}\n(MINIFCN_TRACEBACK=1 shows where it was raised)", file=sys.stderr)
         return 2

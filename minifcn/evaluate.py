@@ -10,14 +10,14 @@ each class. --save-vis DIR writes image | truth | prediction tiles.
 import argparse
 import json
 import os
+from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from . import cli, models
-from .data import get_dataset
+from .data import default_root, get_dataset
 from .metrics import format_table
-from .train import DEFAULT_IMAGE_SIZE, evaluate
+from .train import DEFAULT_IMAGE_SIZE, evaluate, saved_args
 from .viz import tiles
 
 
@@ -36,9 +36,13 @@ def main(argv=None):
     p.add_argument("--save-vis", default=None, metavar="DIR", help="write image | truth | prediction tiles here")
     p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
     args = p.parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        p.error(f"--limit must be at least 1 image, got {args.limit}")
 
     net = models.load(args.checkpoint, device=args.device)
     options = {"size": args.image_size or _trained_image_size(args.checkpoint)} if args.dataset == "shapes" else {}
+    if args.dataset == "folder" and not _has_class_list(args.data_root):
+        options = {"num_classes": net.num_classes}       # not counted from this split's masks, which may lack some
     dataset = get_dataset(args.dataset, split=args.split, root=args.data_root, **options)
     if dataset.num_classes != net.num_classes:
         raise ValueError(f"{args.checkpoint} predicts {net.num_classes} classes but {args.dataset} has "
@@ -63,10 +67,11 @@ def main(argv=None):
 
 def _trained_image_size(path, default=DEFAULT_IMAGE_SIZE):
     """The --image-size a training checkpoint was made with (its '__train__' entry), else `default`."""
-    with np.load(path, allow_pickle=False) as f:
-        if "__train__" not in f.files:
-            return default
-        return json.loads(str(f["__train__"])).get("args", {}).get("image_size") or default
+    return saved_args(path).get("image_size") or default
+
+
+def _has_class_list(root):
+    return (default_root() if root is None else Path(root)).joinpath("classes.txt").is_file()
 
 
 if __name__ == "__main__":

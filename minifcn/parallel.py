@@ -36,7 +36,7 @@ import traceback
 
 import numpy as np
 
-from . import models
+from . import cli, models
 from .data.transforms import VOID
 from .layers import Dropout
 from .ops import softmax_cross_entropy
@@ -160,7 +160,10 @@ class DataParallel:
         except (EOFError, OSError):                  # closed, or reset by a killed worker
             raise self._stopped(rank) from None
         if reply[0] == "error":
-            raise RuntimeError(f"data-parallel worker {rank} failed:\n{reply[1]}")
+            _, trace, message = reply
+            if message is not None:         # a mistake in the input (a label outside the classes): one line, as
+                raise ValueError(f"data-parallel worker {rank}: {message}")       # one process would say it
+            raise RuntimeError(f"data-parallel worker {rank} failed:\n{trace}")
         return reply[1:]
 
     def _stopped(self, rank):
@@ -215,9 +218,9 @@ def _worker(arch, config, places, dtype, trainable, param_block, grad_block, pip
             pipe.send(("ok", loss, int(np.count_nonzero(labels != VOID))))
     except (KeyboardInterrupt, EOFError, ConnectionError):
         pass                                     # Ctrl-C reaches every process (the trainer reports it), or the trainer is gone
-    except Exception:                            # noqa: BLE001 - sent to the trainer, which raises it
+    except Exception as e:                       # noqa: BLE001 - sent to the trainer, which raises it
         try:
-            pipe.send(("error", traceback.format_exc()))
+            pipe.send(("error", traceback.format_exc(), str(e) if cli.for_the_user(e) else None))
         except OSError:
             pass
 

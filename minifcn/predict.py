@@ -7,10 +7,11 @@ import argparse
 import os
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from . import cli, models
 from .backend import get_xp, to_numpy
+from .data import read_image
 from .data.transforms import preprocess
 from .viz import overlay, palette_png
 
@@ -22,16 +23,6 @@ def predict(net, image):
     return to_numpy(net.forward(x, train=False).argmax(axis=1)[0]).astype(np.uint8)
 
 
-def read_image(path):
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such image file") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{path} is not a readable image ({e})") from None
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m minifcn.predict", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -41,18 +32,41 @@ def main(argv=None):
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
     args = p.parse_args(argv)
+    if not 0 <= args.alpha <= 1:
+        p.error(f"--alpha is the overlay's opacity, from 0 (the image alone) to 1 (the colours alone); got {args.alpha:g}")
+    outputs = _output_names(args.images, args.out)            # checked before anything is written
 
     net = models.load(args.checkpoint, device=args.device)
     os.makedirs(args.out, exist_ok=True)
-    for path in args.images:
-        image = read_image(path)
+    for path, (labels_png, overlay_png) in zip(args.images, outputs):
+        image = read_image(path, upright=True)                  # (H, W, 3), as a viewer shows it
         pred = predict(net, image)
-        stem = os.path.splitext(os.path.basename(path))[0]
-        palette_png(pred).save(os.path.join(args.out, f"{stem}.png"))
-        Image.fromarray(overlay(image, pred, args.alpha)).save(os.path.join(args.out, f"{stem}_overlay.png"))
+        palette_png(pred).save(labels_png)
+        Image.fromarray(overlay(image, pred, args.alpha)).save(overlay_png)
         classes = np.unique(pred).tolist()
-        print(f"{path}: {image.shape[1]}x{image.shape[0]} -> classes {classes}; {args.out}/{stem}.png")
+        print(f"{path}: {image.shape[1]}x{image.shape[0]} -> classes {classes}; {labels_png}")
     return 0
+
+
+def _output_names(images, out):
+    """[(DIR/<name>.png, DIR/<name>_overlay.png)] for each image; an error if two images would write one file or
+    an output would overwrite one of the images."""
+    outputs, seen = [], {}
+    inputs = {os.path.realpath(path): path for path in images}
+    for path in images:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        pair = (os.path.join(out, f"{stem}.png"), os.path.join(out, f"{stem}_overlay.png"))
+        for target in pair:
+            real = os.path.realpath(target)
+            if real in inputs:
+                raise ValueError(f"writing {target} would overwrite the image {inputs[real]}: pass an --out folder "
+                                 "that does not hold the images")
+            if real in seen and seen[real] != path:
+                raise ValueError(f"{seen[real]} and {path} would both be written to {target}: rename one, or "
+                                 "predict them into different --out folders")
+            seen[real] = path
+        outputs.append(pair)
+    return outputs
 
 
 if __name__ == "__main__":

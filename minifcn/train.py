@@ -10,7 +10,8 @@ What one iteration does, in order: take a batch, forward with train=True, the pe
 loss and its gradient, net.backward, one optimiser step (Adam by default with --loss mean, for training
 from scratch; the paper's SGD with --optimizer sgd, and always with --loss sum). Everything random in
 iteration i (which images, their mirroring, the dropout masks) is drawn from generators seeded by
-(seed, i), so --resume continues exactly where a run stopped. With --workers N (the default for the tiny net
+(seed, i), so --resume continues exactly where a run stopped (with the options saved in the checkpoint, in its
+folder, unless the command line says otherwise). With --workers N (the default for the tiny net
 on a CPU with several cores) forward, loss and backward run in N worker processes, each on its share of the
 batch, and this process adds their gradients and takes the step (minifcn/parallel.py).
 
@@ -99,6 +100,8 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=None,
                    help=f"default {DEFAULT_ADAM_LR:g} for adam, 0.01 for sgd with --loss mean, 1e-10 for --loss sum")
     p.add_argument("--lr-policy", default="poly", choices=["fixed", "poly", "step"])
+    p.add_argument("--lr-step", type=int, default=None,
+                   help="--lr-policy step: iterations between the rate's drops by 10x (default: a third of the run)")
     p.add_argument("--warmup", type=int, default=None,
                    help="iterations over which the learning rate ramps up linearly from lr/warmup to lr; "
                         f"default {DEFAULT_WARMUP} for adam, 0 for sgd")
@@ -118,8 +121,20 @@ def parse_args(argv=None):
     p.add_argument("--val-images", type=int, default=None, help="validate on the first N images only")
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--out", default="runs/train", help="output folder")
+    p.add_argument("--out", default=None, help="output folder (default runs/train; with --resume, the checkpoint's)")
     args = p.parse_args(argv)
+    if args.resume:
+        _restore_options(p, args, argv)
+    if args.out is None:
+        args.out = "runs/train"
+    for flag in ("iters", "batch_size", "val_every", "val_images", "checkpoint_every", "log_every", "lr_step"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            p.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if args.epochs is not None and not args.epochs > 0:
+        p.error(f"--epochs must be more than 0, got {args.epochs:g}")
+    if args.lr is not None and not args.lr > 0:
+        p.error(f"--lr must be more than 0, got {args.lr:g}")
     if args.optimizer is None:
         args.optimizer = "adam" if args.loss == "mean" else "sgd"
     if args.optimizer == "adam" and args.loss == "sum":
@@ -150,6 +165,45 @@ def parse_args(argv=None):
         p.error(f"--workers {args.workers} needs a batch of at least {args.workers} images (--batch-size "
                 f"{args.batch_size}): each worker takes a share of every batch")
     return args
+
+
+_UNSET = object()
+NOT_RESTORED = ("resume", "out", "time_budget")    # a resumed run keeps the first run's length, not its budget
+# options whose default is worked out from others: a resumed run takes the saved value only if none of those is given
+DERIVED = {"optimizer": ("loss",), "lr": ("loss", "optimizer"), "warmup": ("loss", "optimizer"), "momentum": ("loss",),
+           "dropout": ("backbone",), "workers": ("device", "backbone", "batch_size")}
+
+
+def saved_args(path):
+    """The options a training checkpoint was made with (its '__train__' entry), or {} for any other file."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if "__train__" in f.files:
+                return json.loads(str(f["__train__"])).get("args", {})
+    except (OSError, ValueError):
+        pass                        # not there or not an .npz: load_checkpoint says so, naming the file
+    return {}
+
+
+def _restore_options(parser, args, argv):
+    """--resume: every option the command line leaves out takes the value it had in the checkpoint's run, so that
+    `python -m minifcn.train --resume CHECKPOINT` alone continues that run; --out defaults to the checkpoint's
+    folder. Options given on the command line win (a note lists the rest that differ from the defaults)."""
+    saved = saved_args(args.resume)
+    given = parser.parse_args(argv, namespace=argparse.Namespace(**{k: _UNSET for k in vars(args)}))
+    restored = []
+    for k, v in saved.items():
+        if k in NOT_RESTORED or not hasattr(args, k) or getattr(given, k) is not _UNSET:
+            continue
+        if any(getattr(given, d) is not _UNSET for d in DERIVED.get(k, ())):     # worked out again from the new
+            continue
+        if getattr(args, k) is not None and getattr(args, k) != v:
+            restored.append(f"--{k.replace('_', '-')} {v}")
+        setattr(args, k, v)
+    if given.out is _UNSET:
+        args.out = os.path.dirname(os.path.abspath(args.resume))
+    if restored:
+        print(f"resuming with the options of the run that wrote {args.resume}: {' '.join(restored)}", file=sys.stderr)
 
 
 class Progress:
@@ -258,8 +312,14 @@ def main(argv=None):
     # shapes: keep the drawn scenes when they fit in SHAPES_CACHE_BYTES (at 160 x 160 the train split takes 205 MB)
     cache = 4 * args.image_size ** 2 * DEFAULT_COUNTS["train"] <= SHAPES_CACHE_BYTES
     dataset_options = {"size": args.image_size, "cache": cache} if args.dataset == "shapes" else {}
+    if args.dataset == "folder" and args.num_classes:
+        dataset_options = {"num_classes": args.num_classes}
     train_set = get_dataset(args.dataset, split=args.train_split, root=args.data_root, **dataset_options)
     val_set = get_dataset(args.dataset, split=args.val_split, root=args.data_root, **dataset_options)
+    if val_set.num_classes != train_set.num_classes:
+        raise ValueError(f"{args.dataset}: the {args.train_split} split has {train_set.num_classes} classes and the "
+                         f"{args.val_split} split {val_set.num_classes} (each counted from its own masks); one run "
+                         "needs one class list: pass --num-classes, or list the classes in ROOT/classes.txt")
     K = args.num_classes or train_set.num_classes
 
     log_path = os.path.join(args.out, "log.jsonl")
@@ -272,6 +332,9 @@ def main(argv=None):
     net.input_grad = False                                          # the images need no gradient
     dropouts = [(i, layer) for i, layer in enumerate(net.layers) if isinstance(layer, Dropout) and layer.p > 0]
     cut = f" (or fewer, to fit {args.time_budget:g} minutes)" if budget else ""
+    if args.warmup >= total:
+        print(f"note: the learning-rate warmup ({args.warmup} iterations) is as long as the run, so the rate never "
+              f"reaches --lr {args.lr:g}; pass --warmup 0 (or fewer) for a short run", file=sys.stderr)
     print(f"{net}\ntraining {args.model} on {args.dataset} ({len(train_set)} train / {len(val_set)} val images) "
           f"for {total} iterations{cut} of batch {args.batch_size} on {args.device} ({args.optimizer}, lr {args.lr:g}, "
           f"{args.lr_policy}); output in {args.out}",
@@ -293,7 +356,8 @@ def main(argv=None):
             while it < total:
                 x, labels = next(batch_iter)
                 x, labels = xp.asarray(x), xp.asarray(labels)
-                lr = learning_rate(args.lr, it, args.lr_policy, max_iter=total, warmup=args.warmup)
+                lr = learning_rate(args.lr, it, args.lr_policy, max_iter=total, warmup=args.warmup,
+                                   step=args.lr_step or max(1, total // 3))
                 loss, grads = _step(net, workers, dropouts, x, labels, args, it)
                 if not math.isfinite(loss):
                     progress.newline()
@@ -340,7 +404,7 @@ def main(argv=None):
     except KeyboardInterrupt:
         progress.newline()
         print(f"\ninterrupted at iteration {it}. The last checkpoint is {ckpt_path}; continue with "
-              f"python -m minifcn.train --resume {ckpt_path} (and the same options)", file=sys.stderr)
+              f"python -m minifcn.train --resume {ckpt_path} (its options are saved in it)", file=sys.stderr)
         return 130
     except FloatingPointError as e:
         print(f"\nstopped: {e}", file=sys.stderr)

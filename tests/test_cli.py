@@ -161,8 +161,37 @@ def test_evaluate_and_predict(tmp_path, capsys):
     assert mask.mode == "P" and mask.size == (31, 19)
     assert Image.open(tmp_path / "pred" / "odd_overlay.png").size == (31, 19)
     (tmp_path / "notimage.jpg").write_text("hello")
-    with pytest.raises(ValueError, match=r"notimage.jpg is not a readable image"):
+    with pytest.raises(ValueError, match=r"notimage.jpg: not an image file"):
         predict.main([ckpt, str(tmp_path / "notimage.jpg"), "--out", str(tmp_path / "pred")])
+
+
+def test_predict_never_overwrites_and_reads_images_as_a_viewer_shows_them(tmp_path):
+    assert run_train(tmp_path, "--iters", "1", "--val-every", "100") == 0
+    ckpt = str(tmp_path / "checkpoint.npz")
+    rng = np.random.default_rng(1)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(rng.integers(0, 255, (12, 20, 3), dtype=np.uint8)).save(photo)
+    before = photo.read_bytes()
+    with pytest.raises(ValueError, match=r"would overwrite the image .*photo.png"):
+        predict.main([ckpt, str(photo), "--out", str(tmp_path)])          # DIR/photo.png is the photo itself
+    assert photo.read_bytes() == before
+    Image.fromarray(rng.integers(0, 255, (12, 20, 3), dtype=np.uint8)).save(tmp_path / "photo.jpg")
+    with pytest.raises(ValueError, match=r"photo.png and .*photo.jpg would both be written to"):
+        predict.main([ckpt, str(photo), str(tmp_path / "photo.jpg"), "--out", str(tmp_path / "p")])
+    assert not (tmp_path / "p").exists()                                  # refused before anything was written
+    with pytest.raises(SystemExit):
+        predict.main([ckpt, str(photo), "--out", str(tmp_path / "p"), "--alpha", "3"])
+
+    exif = Image.Exif()
+    exif[0x0112] = 6                          # EXIF orientation 6: stored sideways, shown turned 90 degrees
+    Image.fromarray(rng.integers(0, 255, (30, 60, 3), dtype=np.uint8)).save(tmp_path / "phone.jpg", exif=exif)
+    gray16 = Image.fromarray((np.arange(20 * 10).reshape(10, 20) * 300).astype(np.uint16))   # 0 .. 59,700
+    gray16.save(tmp_path / "deep.png")
+    assert predict.main([ckpt, str(tmp_path / "phone.jpg"), str(tmp_path / "deep.png"), "--out", str(tmp_path / "p")]) == 0
+    assert Image.open(tmp_path / "p" / "phone.png").size == (30, 60)      # (width, height) as shown, not as stored
+    from minifcn.data import read_image
+    deep = read_image(tmp_path / "deep.png")
+    assert deep.shape == (10, 20, 3) and deep.max() == 59700 >> 8 and len(np.unique(deep)) > 100   # not all white
 
 
 @pytest.mark.parametrize("module, args, message", [
@@ -219,3 +248,74 @@ def test_a_dead_relu_layer_stops_training_with_advice(tmp_path, capsys, monkeypa
     assert (tmp_path / "best.npz").exists()
     monkeypatch.setattr(train.models, "build", build)
     assert train.dead_relu(build("fcn8s", 6, backbone="vgg16-tiny"), [np.zeros((9, 9, 3), np.uint8)] * 2) is None
+
+
+# ----------------------------------------------------------------------------- options: resume, bad numbers, folders
+
+def test_resume_alone_takes_the_runs_options_and_folder(tmp_path, monkeypatch, capsys):
+    """--resume CHECKPOINT with nothing else: the saved options (here a 20-pixel image, not the default 160) and
+    the checkpoint's folder (not runs/train under the working directory), and the same numbers as one go."""
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    args = [*TINY, "--image-size", "20", "--iters", "4", "--val-every", "100", "--checkpoint-every", "2"]
+    assert train.main([*args, "--out", str(whole)]) == 0
+    interrupt_in_iteration(3, monkeypatch)
+    assert train.main([*args, "--out", str(part)]) == 130
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert train.main(["--resume", str(part / "checkpoint.npz")]) == 0
+    assert "--image-size 20" in capsys.readouterr().err                  # the note lists what it took over
+    assert not (tmp_path / "runs").exists()
+    a, b = models.load(whole / "checkpoint.npz"), models.load(part / "checkpoint.npz")
+    for key in a.params:
+        np.testing.assert_array_equal(a.params[key], b.params[key], err_msg=key)
+    # an option on the command line wins over the saved one
+    assert train.parse_args(["--resume", str(part / "checkpoint.npz"), "--image-size", "32"]).image_size == 32
+    assert train.parse_args(["--resume", str(part / "checkpoint.npz"), "--out", "elsewhere"]).out == "elsewhere"
+
+
+@pytest.mark.parametrize("flag, value", [("--iters", "0"), ("--iters", "-3"), ("--epochs", "0"), ("--val-every", "0"),
+                                         ("--checkpoint-every", "0"), ("--log-every", "0"), ("--batch-size", "0"),
+                                         ("--val-images", "0"), ("--lr", "-0.1"), ("--lr-step", "0")])
+def test_numbers_out_of_range_are_refused_naming_the_option(flag, value, capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args([flag, value])
+    assert f"{flag} must be" in capsys.readouterr().err
+
+
+def test_step_policy_drops_the_rate_every_lr_step(tmp_path):
+    assert run_train(tmp_path, "--iters", "4", "--val-every", "100", "--lr-policy", "step", "--lr-step", "2",
+                     "--warmup", "0", "--lr", "0.01", "--optimizer", "sgd") == 0
+    rates = [r["lr"] for r in map(json.loads, open(tmp_path / "log.jsonl")) if "lr" in r]
+    assert rates == pytest.approx([0.01, 0.01, 0.001, 0.001])
+
+
+def test_folder_splits_must_agree_on_the_classes(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, top in (("train", 1), ("val", 3)):                      # val's masks name classes train's never do
+        (tmp_path / split / "images").mkdir(parents=True)
+        (tmp_path / split / "masks").mkdir()
+        for n in "ab":
+            Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(tmp_path / split / "images" / f"{n}.png")
+            mask = np.zeros((24, 24), np.uint8)
+            mask[4:12, 4:12] = top
+            Image.fromarray(mask, mode="L").save(tmp_path / split / "masks" / f"{n}.png")
+    folder = [*TINY, "--dataset", "folder", "--data-root", str(tmp_path), "--iters", "2", "--val-every", "100",
+              "--out", str(tmp_path / "run")]
+    with pytest.raises(ValueError, match=r"train split has 2 classes and the val split 4.*--num-classes"):
+        train.main(folder)
+    assert train.main([*folder, "--num-classes", "4"]) == 0
+    assert models.load(tmp_path / "run" / "checkpoint.npz").num_classes == 4
+    # evaluate counts the classes as the checkpoint does, not from the split's masks
+    assert evaluate.main([str(tmp_path / "run" / "checkpoint.npz"), "--dataset", "folder", "--data-root",
+                          str(tmp_path), "--split", "train"]) == 0
+
+
+def test_folder_masks_with_only_background_and_void_are_refused(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "images" / "a.png")
+    Image.fromarray(np.where(np.eye(8, dtype=bool), 255, 0).astype(np.uint8), mode="L").save(tmp_path / "masks" / "a.png")
+    from minifcn.data import DataError, get_dataset
+    with pytest.raises(DataError, match=r"only 0 \(background\) and 255 \(void\).*0 / 255"):
+        get_dataset("folder", root=tmp_path)

@@ -11,9 +11,15 @@ import sys
 import numpy as np
 import pytest
 
-from minifcn.convert import main as convert
+from minifcn import cli
+from minifcn.convert import main as convert_main
 from minifcn.weights import META_KEY, detect_format, load_npz, read_vgg16, save_npz
 from minifcn.weights.vgg16 import LAYERS
+
+
+def convert(argv):
+    """python -m minifcn.convert ARGV as the shell runs it: a bad input ends in one line and exit status 2."""
+    return cli.run(lambda: convert_main(argv), "python -m minifcn.convert")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -93,7 +99,7 @@ def test_detect_format(tmp_path):
 def test_format_option_overrides_detection(tmp_path, capsys):
     tiny_caffemodel(tmp_path / "w.bin")
     assert convert([str(tmp_path / "w.bin"), str(tmp_path / "a.npz"), "--format", "caffe"]) == 0
-    assert convert([str(tmp_path / "w.bin"), str(tmp_path / "b.npz"), "--format", "torchvision"]) == 1
+    assert convert([str(tmp_path / "w.bin"), str(tmp_path / "b.npz"), "--format", "torchvision"]) == 2
     assert "not a torch.save file" in capsys.readouterr().err
     assert not (tmp_path / "b.npz").exists()
 
@@ -101,7 +107,7 @@ def test_format_option_overrides_detection(tmp_path, capsys):
 def test_failures_leave_dst_as_it_was(tmp_path, capsys, monkeypatch):
     dst = tmp_path / "vgg16.npz"
     dst.write_bytes(b"an older file")
-    assert convert([str(tmp_path / "nope.caffemodel"), str(dst)]) == 1
+    assert convert([str(tmp_path / "nope.caffemodel"), str(dst)]) == 2
     assert "nope.caffemodel' does not exist" in capsys.readouterr().err
     # fail in the middle of writing: after the first arrays are in the temporary file
     tiny_caffemodel(tmp_path / "w.caffemodel")
@@ -115,7 +121,7 @@ def test_failures_leave_dst_as_it_was(tmp_path, capsys, monkeypatch):
         return write(*args, **kwargs)
 
     monkeypatch.setattr(npformat, "write_array", failing_write)
-    assert convert([str(tmp_path / "w.caffemodel"), str(dst)]) == 1
+    assert convert([str(tmp_path / "w.caffemodel"), str(dst)]) == 2
     assert "No space left" in capsys.readouterr().err and len(calls) == 5
     assert dst.read_bytes() == b"an older file"
     assert sorted(os.listdir(tmp_path)) == ["vgg16.npz", "w.caffemodel"]      # no temporary file left
@@ -141,5 +147,5 @@ def test_save_and_load_npz(tmp_path):
     with pytest.raises(ValueError, match=r"keys must be strings"):
         save_npz(tmp_path / "bad.npz", {META_KEY: np.zeros(1)}, {})
     (tmp_path / "junk.npz").write_bytes(b"junk")
-    with pytest.raises(ValueError, match=r"junk\.npz.*not a readable \.npz.*minifcn\.convert"):
+    with pytest.raises(ValueError, match=r"junk\.npz.*not an \.npz file.*minifcn\.convert"):
         load_npz(tmp_path / "junk.npz")

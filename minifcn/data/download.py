@@ -179,6 +179,13 @@ def fetch(name, root, url=None, md5=None, progress=True, remove_archive=False):
     return contents
 
 
+USE = {   # how each download is used, printed when it is ready
+    "voc2012": "train or evaluate with --dataset voc --data-root {root}",
+    "sbd": "train with --dataset sbd --data-root {root}",
+    "voc2011": "with sbd beside it, evaluate on the paper's val split with --dataset seg11valid --data-root {root}",
+}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m minifcn.data.download", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -194,7 +201,7 @@ def main(argv=None):
     root = Path(args.root) if args.root else default_root()
     for name in args.names:
         where = fetch(name, root, url=args.url, md5=args.md5, remove_archive=args.remove_archive)
-        print(f"{name}: ready in {where}  (use it with --dataset {name.rstrip('0123456789')} --data-root {root})")
+        print(f"{name}: ready in {where}  ({USE[name].format(root=root)})")
 
 
 if __name__ == "__main__":

@@ -194,7 +194,8 @@ def batches(dataset, batch_size=1, shuffle=True, seed=0, crop_size=None, mirror=
             labels.append(label)
         if len({lab.shape for lab in labels}) > 1:
             raise ValueError(f"batches: images of {getattr(dataset, 'name', 'the dataset')} differ in size "
-                             f"({sorted({lab.shape for lab in labels})}); pass crop_size=(h, w) or use batch_size=1")
+                             f"({sorted({lab.shape for lab in labels})}); pass --crop-size N (crop_size=(h, w) in Python) "
+                             "or --batch-size 1")
         x = preprocess(np.stack(images), preprocessing)             # (N, 3, H, W) float32
         yield x, np.stack(labels).astype(np.int64)                     # (N, H, W) int64
         k += 1

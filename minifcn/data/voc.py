@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
                "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
@@ -55,11 +55,20 @@ def default_root():
 
 # ----------------------------------------------------------------------------- reading files
 
-def read_image(path):
-    """An image file -> (H, W, 3) uint8 RGB; a file that is not an image is a DataError naming it."""
+def read_image(path, upright=False):
+    """An image file -> (H, W, 3) uint8 RGB; a file that is not an image is a DataError naming it.
+
+    upright: turn the image as its EXIF orientation says, as viewers show it (phone photos are often stored
+    sideways with such a tag). 16-bit grayscale keeps its top 8 bits (Pillow's RGB conversion would clip it).
+    """
     try:
         with Image.open(path) as im:
             im.load()                                          # decode now: a truncated file fails here
+            if upright:
+                im = ImageOps.exif_transpose(im)
+            if im.mode.startswith("I;16"):
+                gray = (np.asarray(im).astype(np.uint16) >> 8).astype(np.uint8)     # (H, W)
+                return np.repeat(gray[:, :, None], 3, axis=2)
             return np.asarray(im.convert("RGB"))
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image file (Pillow cannot read it); remove it or replace it "
@@ -285,10 +294,15 @@ def folder(split="train", root=None, num_classes=None, class_names=None, images=
         class_names = [n.strip() for n in (root / "classes.txt").read_text().splitlines() if n.strip()]
     if class_names is None:
         if num_classes is None:                                # largest class id seen, over every mask
-            masks = (read_mask(f, VOID) for f in mask_files)
-            num_classes = 1 + max(int(np.max(np.where(m == VOID, 0, m))) for m in masks)
+            labels = (read_mask(f, VOID) for f in mask_files)
+            num_classes = 1 + max(int(np.max(np.where(m == VOID, 0, m))) for m in labels)
+            if num_classes == 1:
+                raise DataError(f"{base / masks}: every mask holds only 0 (background) and 255 (void), so there is "
+                                "nothing to learn. Binary masks saved as 0 / 255? Save the object as 1 (mask // 255), "
+                                "or list the classes, one per line, in ROOT/classes.txt")
         class_names = ["background"] + [f"class{c}" for c in range(1, int(num_classes))]
     elif num_classes is not None and int(num_classes) != len(class_names):
-        raise ValueError(f"folder: num_classes={num_classes} but {len(class_names)} class names were given")
+        raise ValueError(f"folder: {num_classes} classes asked for (--num-classes / num_classes) but "
+                         f"{len(class_names)} class names given (ROOT/classes.txt or class_names); make them agree")
     ids = [p.stem for p in image_files]
     return FileDataset(f"folder-{base.name}", ids, image_files, mask_files, class_names)

@@ -59,6 +59,8 @@ def read_weights(path, format="auto"):
     module docstring says, with the preprocessing the source's weights expect.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path!r} is a folder; give the weight file itself")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weight file {path!r} does not exist")
     if format not in ("auto",) + FORMATS:
@@ -98,6 +100,9 @@ def save_npz(path, params, meta):
             np.savez(f, **{META_KEY: np.array(json.dumps(meta))}, **params)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)        # mkstemp makes it private; the file gets what open() would give
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -109,6 +114,9 @@ def save_npz(path, params, meta):
 def load_npz(path):
     """A minifcn .npz -> (params {key: array}, meta dict; {} when the file has none)."""
     path = os.fspath(path)
+    if os.path.isfile(path) and not zipfile.is_zipfile(path) and not path.endswith(".npy"):
+        raise ValueError(f"{path!r} is not an .npz file (an .npz is a zip archive of named arrays, as net.save and "
+                         "python -m minifcn.train write them); convert weight files first with python -m minifcn.convert")
     try:
         f = np.load(path, allow_pickle=False)
     except (ValueError, OSError, zipfile.BadZipFile) as e:
