@@ -149,3 +149,13 @@ def test_save_and_load_npz(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"junk")
     with pytest.raises(ValueError, match=r"junk\.npz.*not an \.npz file.*minifcn\.convert"):
         load_npz(tmp_path / "junk.npz")
+
+
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    """The temporary file is private (mkstemp); the file it becomes is readable as any file open() would write."""
+    umask = os.umask(0o022)
+    try:
+        save_npz(tmp_path / "w.npz", {"a": np.zeros(2)}, {})
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "w.npz").stat().st_mode & 0o777 == 0o644
