@@ -23,6 +23,7 @@ import importlib
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -492,6 +493,15 @@ def failure(e):
     return f"{type(e).__name__}: {e}{where}"
 
 
+def hidden_failure(message):
+    """What a failed hidden check may say: the case's number and the kind of error, no shapes and no values
+    (an error message, the student's own included, often holds the shapes)."""
+    case = re.match(r"\w+: case (\d+) of (\d+): (\w+)", message)
+    if case:
+        return f"case {case[1]} of {case[2]} failed ({case[3]}); the hidden cases' shapes stay hidden"
+    return f"failed ({message.split(':')[0]}); the hidden cases' shapes stay hidden"
+
+
 def grade_here(package, assignment, seed, out):
     """The child process's work: run one assignment's checks, writing the rows to `out` after each one."""
     checks = [c for c in CHECKS if c.assignment == assignment]
@@ -508,7 +518,7 @@ def grade_here(package, assignment, seed, out):
             with np.errstate(all="ignore"):
                 rows.append(row(c, c.points, f"passed: {c.run(s, rng) or 'ok'}"))
         except (Exception, SystemExit) as e:                # NotImplementedError, wrong answers, crashes
-            rows.append(row(c, 0, failure(e)))
+            rows.append(row(c, 0, hidden_failure(failure(e)) if c.hidden else failure(e)))
         Path(out).write_text(json.dumps(rows))
 
 
@@ -518,6 +528,16 @@ def grade(path=None, only=None, seed=SEED, timeout=120):
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1",        # write no __pycache__ into the student's folder
            "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1")}   # small matrices: 1 thread
     rows = []
+    # Import the package once alone first: one that does not import (a syntax error, an endless loop at import
+    # time) fails every check, and is found in one time limit, not one per assignment
+    try:
+        proc = subprocess.run([sys.executable, "-m", f"{__package__}.grade", str(package), "--child", "import"],
+                              cwd=PACKAGE.parent, env=env, capture_output=True, text=True, timeout=timeout)
+        broken = None if proc.returncode == 0 else f"the package did not import: {proc.stderr.strip()[-500:]}"
+    except subprocess.TimeoutExpired:
+        broken = f"the package did not import within {timeout} s (an endless loop when a module is imported?)"
+    if broken:
+        return [row(c, 0, broken) for c in CHECKS if c.assignment in (only or ASSIGNMENTS)]
     for key in only or ASSIGNMENTS:
         checks = [c for c in CHECKS if c.assignment == key]
         with tempfile.TemporaryDirectory() as tmp:
@@ -563,6 +583,13 @@ def main(argv=None):
     parser.add_argument("--child", help=argparse.SUPPRESS)        # internal: one assignment, in this process
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child == "import":                                   # internal: does the package import at all?
+        try:
+            load_student(find_package(args.path), None)
+        except Exception as e:
+            print(failure(e), file=sys.stderr)
+            return 1
+        return 0
     if args.child:
         grade_here(Path(args.path), args.child, args.seed, args.out)
         return 0

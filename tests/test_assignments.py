@@ -3,6 +3,7 @@ planted bug loses exactly the points of the checks it breaks (and nothing in any
 import ast
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -103,3 +104,24 @@ def test_an_endless_loop_is_stopped_by_the_time_limit(tmp_path):
     rows = grade.grade(tmp_path, only=["A4"], timeout=3)
     assert sum(r["score"] for r in rows) == 0 and len(rows) == 7
     assert all("longer than 3" in r["output"] for r in rows)
+
+
+def test_a_hidden_check_names_its_case_but_never_its_shapes(tmp_path):
+    # a reshape bug whose own message would print the hidden case's shape
+    solved_copy(tmp_path, "ops/conv.py", "dW = _dW_sum(dout2, cols).reshape(W.shape)",
+                "dW = _dW_sum(dout2, cols).reshape(W.shape[::-1])")
+    rows = {r["name"].split()[0]: r for r in grade.grade(tmp_path, only=["A2"])}
+    hidden = rows["A2.7"]
+    assert hidden["score"] == 0 and hidden["visibility"] == "after_due_date"
+    case = re.match(r"case 1 of \d+ failed \((\w+)\)", hidden["output"])
+    assert case and not re.search(r"\d", hidden["output"][case.end():])     # no shape, no index, no value
+    assert re.search(r"\d+, \d+", rows["A2.5"]["output"])                   # a visible check keeps its details
+
+
+def test_a_package_that_does_not_import_fails_once_not_per_assignment(tmp_path):
+    solved_copy(tmp_path, "ops/loss.py", "    shifted = scores", "    shifted = scores")
+    path = tmp_path / "minifcn" / "ops" / "loss.py"
+    path.write_text(path.read_text() + "\nwhile True:\n    pass\n")           # loops as it is imported
+    rows = grade.grade(tmp_path, timeout=3)                  # one time limit in all, not one per assignment
+    assert len(rows) == len(grade.CHECKS) and sum(r["score"] for r in rows) == 0
+    assert all("did not import within 3 s" in r["output"] for r in rows)

@@ -41,3 +41,17 @@ def test_sampling_checks_only_some_entries_and_keeps_the_map_shape(rng):
 def test_relative_error_treats_tiny_entries_on_the_absolute_scale():
     assert relative_error(1.0, 1.001) == pytest.approx(0.001 / 1.001)
     assert relative_error(0.0, 1e-12, atol=1e-5) == pytest.approx(1e-7)
+
+
+def test_an_unwritten_op_does_not_hide_the_others(monkeypatch):
+    """A student with A3 not done yet still sees conv2d's check (python -m minifcn.gradcheck uses unwritten_ok)."""
+    from minifcn import ops
+
+    def unwritten(*a, **kw):
+        raise NotImplementedError("conv_transpose2d_forward: write this")
+    monkeypatch.setattr(ops, "conv_transpose2d_forward", unwritten)
+    results = check_all_ops(unwritten_ok=True)
+    assert results["conv_transpose2d"] is None
+    assert results["conv2d"].max_error < 1e-6 and results["softmax_cross_entropy"] is not None
+    with pytest.raises(NotImplementedError):
+        check_all_ops()
