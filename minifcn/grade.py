@@ -23,7 +23,6 @@ import importlib
 import importlib.util
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -93,13 +92,21 @@ def grad_ok(result, name, tol=1e-6):
     return f"d{name} agrees with central differences to {err:.1e}"
 
 
+class CaseFailure(AssertionError):
+    """Case `case` of `cases` failed with an exception of type `kind` (its account follows in the message)."""
+
+    def __init__(self, case, cases, e):
+        super().__init__(f"case {case} of {cases}: {failure(e)}")
+        self.case, self.cases, self.kind = case, cases, type(e).__name__
+
+
 def each_case(cases, test):
     """Run test(case) on every case; a failure names the case by its number only (hidden cases stay hidden)."""
     for k, case in enumerate(cases):
         try:
             test(*case)
         except Exception as e:
-            raise AssertionError(f"case {k + 1} of {len(cases)}: {failure(e)}") from None
+            raise CaseFailure(k + 1, len(cases), e) from None
     return f"all {len(cases)} cases agree"
 
 
@@ -493,13 +500,12 @@ def failure(e):
     return f"{type(e).__name__}: {e}{where}"
 
 
-def hidden_failure(message):
+def hidden_failure(e):
     """What a failed hidden check may say: the case's number and the kind of error, no shapes and no values
     (an error message, the student's own included, often holds the shapes)."""
-    case = re.match(r"\w+: case (\d+) of (\d+): (\w+)", message)
-    if case:
-        return f"case {case[1]} of {case[2]} failed ({case[3]}); the hidden cases' shapes stay hidden"
-    return f"failed ({message.split(':')[0]}); the hidden cases' shapes stay hidden"
+    if isinstance(e, CaseFailure):
+        return f"case {e.case} of {e.cases} failed ({e.kind}); the hidden cases' shapes stay hidden"
+    return f"failed ({type(e).__name__}); the hidden cases' shapes stay hidden"
 
 
 def grade_here(package, assignment, seed, out):
@@ -518,7 +524,7 @@ def grade_here(package, assignment, seed, out):
             with np.errstate(all="ignore"):
                 rows.append(row(c, c.points, f"passed: {c.run(s, rng) or 'ok'}"))
         except (Exception, SystemExit) as e:                # NotImplementedError, wrong answers, crashes
-            rows.append(row(c, 0, hidden_failure(failure(e)) if c.hidden else failure(e)))
+            rows.append(row(c, 0, hidden_failure(e) if c.hidden else failure(e)))
         Path(out).write_text(json.dumps(rows))
 
 

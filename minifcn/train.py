@@ -18,9 +18,10 @@ batch, and this process adds their gradients and takes the step (minifcn/paralle
 On the shapes with no --iters and no --epochs (the bare command) it trains up to 11,000 iterations, but no longer
 than --time-budget (9 minutes): it times iterations 100 to 300 (in the warmup, before the schedule has moved much;
 not the first ones, which a machine just woken up can run at half speed), one validation and one checkpoint, fixes
-the number of iterations that fit, and fits it again after every validation (a shared machine drifts); it prints each change and keeps the number in the checkpoints, so that
---resume continues the same schedule. A fast 2-core machine fits all 11,000; a slower one fits fewer and ends
-with a lower mean IU. Pass --iters for a run of a fixed length on any machine.
+the number of iterations that fit, and fits it again after every validation (a shared machine drifts); it prints
+each change and keeps the number in the checkpoints, so that --resume continues the same schedule. A fast 2-core
+machine fits all 11,000; a slower one fits fewer and ends with a lower mean IU. Pass --iters for a run of a fixed
+length on any machine.
 
 Written to --out: log.jsonl (one JSON object per logged iteration and per validation), curves.png,
 checkpoint.npz (every --checkpoint-every iterations and at the end; atomically, so a crash or
