@@ -2,16 +2,20 @@
 
 For each IMAGE it writes DIR/<name>.png, the class map as a palette PNG in VOC colours (the format
 of VOC's SegmentationClass), and DIR/<name>_overlay.png, the colours blended over the image.
+An IMAGE that is a folder stands for the image files directly inside it (.jpg, .png, ...). An image
+that cannot be read is reported and skipped; the others are still segmented, and the exit status is 2.
 """
 import argparse
 import os
+import sys
 
 import numpy as np
 from PIL import Image
 
 from . import cli, models
 from .backend import get_xp, to_numpy
-from .data import read_image
+from .data import DataError, read_image
+from .data.voc import IMAGE_SUFFIXES
 from .data.transforms import preprocess
 from .viz import overlay, palette_png
 
@@ -34,18 +38,45 @@ def main(argv=None):
     args = p.parse_args(argv)
     if not 0 <= args.alpha <= 1:
         p.error(f"--alpha is the overlay's opacity, from 0 (the image alone) to 1 (the colours alone); got {args.alpha:g}")
-    outputs = _output_names(args.images, args.out)            # checked before anything is written
-
     net = models.load(args.checkpoint, device=args.device)
+    images = image_files(args.images)
+    outputs = _output_names(images, args.out)                 # checked before anything is written
     os.makedirs(args.out, exist_ok=True)
-    for path, (labels_png, overlay_png) in zip(args.images, outputs):
-        image = read_image(path, upright=True)                  # (H, W, 3), as a viewer shows it
+    skipped = []
+    for path, (labels_png, overlay_png) in zip(images, outputs):
+        try:
+            image = read_image(path, upright=True)              # (H, W, 3), as a viewer shows it
+        except DataError as e:
+            print(f"skipped {e}", file=sys.stderr)
+            skipped.append(path)
+            continue
         pred = predict(net, image)
         palette_png(pred).save(labels_png)
         Image.fromarray(overlay(image, pred, args.alpha)).save(overlay_png)
         classes = np.unique(pred).tolist()
         print(f"{path}: {image.shape[1]}x{image.shape[0]} -> classes {classes}; {labels_png}")
+    if skipped:
+        raise DataError(f"{len(skipped)} of {len(images)} images could not be read (see above: "
+                        f"{', '.join(skipped[:3])}{', ...' if len(skipped) > 3 else ''}); the others are in {args.out}")
     return 0
+
+
+def image_files(arguments):
+    """The IMAGE arguments -> a list of files: a folder stands for the image files directly in it, sorted by name.
+    A path that does not exist, or a folder without images, is an error before any work is done."""
+    files = []
+    for arg in arguments:
+        if os.path.isdir(arg):
+            found = sorted(os.path.join(arg, name) for name in os.listdir(arg)
+                           if name.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(os.path.join(arg, name)))
+            if not found:
+                raise ValueError(f"{arg}: a folder without image files ({' '.join(IMAGE_SUFFIXES)}) directly in it")
+            files += found
+        elif os.path.exists(arg):
+            files.append(arg)
+        else:
+            raise ValueError(f"{arg}: no such file or folder; check the path (relative paths start from {os.getcwd()})")
+    return files
 
 
 def _output_names(images, out):

@@ -161,8 +161,27 @@ def test_evaluate_and_predict(tmp_path, capsys):
     assert mask.mode == "P" and mask.size == (31, 19)
     assert Image.open(tmp_path / "pred" / "odd_overlay.png").size == (31, 19)
     (tmp_path / "notimage.jpg").write_text("hello")
-    with pytest.raises(ValueError, match=r"notimage.jpg: not an image file"):
-        predict.main([ckpt, str(tmp_path / "notimage.jpg"), "--out", str(tmp_path / "pred")])
+    with pytest.raises(ValueError, match=r"1 of 2 images could not be read .*notimage.jpg"):
+        predict.main([ckpt, str(tmp_path / "notimage.jpg"), str(tmp_path / "odd.jpg"), "--out", str(tmp_path / "p2")])
+    assert "notimage.jpg: not an image file" in capsys.readouterr().err
+    assert (tmp_path / "p2" / "odd.png").exists()                        # the readable image was still segmented
+
+
+def test_predict_takes_folders_and_checks_every_path_first(tmp_path):
+    assert run_train(tmp_path, "--iters", "1", "--val-every", "100") == 0
+    ckpt = str(tmp_path / "checkpoint.npz")
+    (tmp_path / "photos" / "sub").mkdir(parents=True)
+    for name in ("b.png", "a.JPG"):
+        Image.fromarray(np.zeros((9, 7, 3), np.uint8)).save(tmp_path / "photos" / name, format="PNG")
+    (tmp_path / "photos" / "notes.txt").write_text("not an image, and not taken for one")
+    assert predict.image_files([str(tmp_path / "photos")]) == [str(tmp_path / "photos" / n) for n in ("a.JPG", "b.png")]
+    with pytest.raises(ValueError, match=r"photos.sub: a folder without image files"):
+        predict.main([ckpt, str(tmp_path / "photos"), str(tmp_path / "photos" / "sub"), "--out", str(tmp_path / "p")])
+    with pytest.raises(ValueError, match=r"typo.jpg: no such file or folder"):
+        predict.main([ckpt, str(tmp_path / "photos"), str(tmp_path / "typo.jpg"), "--out", str(tmp_path / "p")])
+    assert not (tmp_path / "p").exists()                                  # refused before anything was written
+    assert predict.main([ckpt, str(tmp_path / "photos"), "--out", str(tmp_path / "p")]) == 0
+    assert sorted(os.listdir(tmp_path / "p")) == ["a.png", "a_overlay.png", "b.png", "b_overlay.png"]
 
 
 def test_predict_never_overwrites_and_reads_images_as_a_viewer_shows_them(tmp_path):

@@ -196,6 +196,15 @@ def test_truncated_png(tmp_path):
         read_image(image)
 
 
+def test_missing_file_and_folder_are_named_as_such_not_as_corrupt(tmp_path):
+    for read in (read_image, lambda path: read_mask(path, 4)):
+        with pytest.raises(DataError, match=r"gone\.png: no such file") as missing:
+            read(tmp_path / "gone.png")
+        with pytest.raises(DataError, match=r"is a folder") as folder:
+            read(tmp_path)
+        assert "corrupt" not in str(missing.value) + str(folder.value)
+
+
 def test_colour_mask_and_size_mismatch(tmp_path):
     make_folder(tmp_path)
     Image.fromarray(_image()).save(tmp_path / "masks" / "a.png")         # RGB, not class ids

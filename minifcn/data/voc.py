@@ -55,6 +55,17 @@ def default_root():
 
 # ----------------------------------------------------------------------------- reading files
 
+def _unreadable(path, e):
+    """The DataError for a file that cannot be opened at all (missing, a folder, not allowed), or None."""
+    if isinstance(e, FileNotFoundError):
+        return DataError(f"{path}: no such file; check the path (relative paths start from {os.getcwd()})")
+    if isinstance(e, IsADirectoryError):
+        return DataError(f"{path}: is a folder, not an image file")
+    if isinstance(e, PermissionError):
+        return DataError(f"{path}: not allowed to read it ({e.strerror}); check its permissions")
+    return None
+
+
 def read_image(path, upright=False):
     """An image file -> (H, W, 3) uint8 RGB; a file that is not an image is a DataError naming it.
 
@@ -74,7 +85,8 @@ def read_image(path, upright=False):
         raise DataError(f"{path}: not an image file (Pillow cannot read it); remove it or replace it "
                         "with a JPEG or PNG") from None
     except (OSError, SyntaxError) as e:                        # Pillow's "image file is truncated", bad CRCs
-        raise DataError(f"{path}: the image is truncated or corrupt ({e}); download or export it again") from e
+        raise _unreadable(path, e) or DataError(f"{path}: the image is truncated or corrupt ({e}); download or "
+                                                "export it again") from e
 
 
 def read_mask(path, num_classes):
@@ -94,7 +106,8 @@ def read_mask(path, num_classes):
         raise DataError(f"{path}: not an image file (Pillow cannot read it); masks must be PNGs "
                         "of class ids") from None
     except (OSError, SyntaxError) as e:
-        raise DataError(f"{path}: the mask is truncated or corrupt ({e}); download or export it again") from e
+        raise _unreadable(path, e) or DataError(f"{path}: the mask is truncated or corrupt ({e}); download or "
+                                                "export it again") from e
     return check_label(mask, num_classes, path)
 
 
