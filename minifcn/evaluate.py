@@ -47,15 +47,14 @@ def main(argv=None):
     if dataset.num_classes != net.num_classes:
         raise ValueError(f"{args.checkpoint} predicts {net.num_classes} classes but {args.dataset} has "
                          f"{dataset.num_classes}; evaluate it on the dataset it was trained for")
-    visit = None
+    ids = getattr(dataset, "ids", None)
+
+    def save_tile(i, image, label, pred):
+        name = str(ids[i]) if ids is not None else f"{i:05d}"
+        Image.fromarray(tiles(image, label, pred)).save(os.path.join(args.save_vis, f"{name}.png"))
     if args.save_vis:
         os.makedirs(args.save_vis, exist_ok=True)
-        ids = getattr(dataset, "ids", None)
-
-        def visit(i, image, label, pred):
-            name = str(ids[i]) if ids is not None else f"{i:05d}"
-            Image.fromarray(tiles(image, label, pred)).save(os.path.join(args.save_vis, f"{name}.png"))
-    hist, result = evaluate(net, dataset, limit=args.limit, visit=visit)
+    hist, result = evaluate(net, dataset, limit=args.limit, visit=save_tile if args.save_vis else None)
     n = len(dataset) if args.limit is None else min(args.limit, len(dataset))
     print(f"{net.arch} on {args.dataset} {args.split}: {n} images, {int(hist.sum())} labelled pixels\n")
     print(format_table(result, dataset.class_names))

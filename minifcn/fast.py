@@ -48,7 +48,7 @@ from . import ops
 from .ops.conv import check_conv2d
 from .ops.fuse import check_crop
 from .backend import check_inputs, is_cupy, pair, xp_of
-from .im2col import _geometry, _is_pointwise, im2col
+from .im2col import _geometry, _is_pointwise
 from . import gpu_kernels, winograd
 
 ENABLED = True
