@@ -3,8 +3,9 @@
 The bare command trains FCN-8s with the tiny VGG16 body on the built-in shapes dataset, on the CPU:
 
     python -m minifcn.train                                   # under 10 minutes on 2 cores (--time-budget)
-    python -m minifcn.train --device gpu --backbone vgg16 --dataset voc --data-root VOCdevkit/VOC2012 \\
-        --init vgg16.npz --loss sum --lr 1e-10 --momentum 0.99 --batch-size 1     # the reference's recipe
+    python -m minifcn.train --device gpu --backbone vgg16 --model fcn32s --init vgg16.npz \\
+        --dataset sbd --val-dataset seg11valid --data-root data --batch-size 1 \\
+        --loss sum --lr 1e-10 --momentum 0.99 --lr-policy fixed      # the reference's FCN-32s (README: all three)
 
 What one iteration does, in order: take a batch, forward with train=True, the per-pixel softmax
 loss and its gradient, net.backward, one optimiser step (Adam by default with --loss mean, for training
@@ -78,6 +79,9 @@ def parse_args(argv=None):
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier on top of the backbone's")
     p.add_argument("--dataset", default="shapes", choices=["shapes", "voc", "sbd", "folder"])
     p.add_argument("--data-root", default=None, help="dataset folder (voc, sbd, folder)")
+    p.add_argument("--val-dataset", default=None, choices=["shapes", "voc", "sbd", "seg11valid", "folder"],
+                   help="validate on another dataset (default: --dataset); the paper trains on sbd and validates "
+                        "on seg11valid (VOC2011 val less SBD train)")
     p.add_argument("--train-split", default="train")
     p.add_argument("--val-split", default="val")
     p.add_argument("--num-classes", type=int, default=None, help="default: the dataset's")
@@ -312,15 +316,20 @@ def main(argv=None):
     xp = get_xp(args.device)
     # shapes: keep the drawn scenes when they fit in SHAPES_CACHE_BYTES (at 160 x 160 the train split takes 205 MB)
     cache = 4 * args.image_size ** 2 * DEFAULT_COUNTS["train"] <= SHAPES_CACHE_BYTES
-    dataset_options = {"size": args.image_size, "cache": cache} if args.dataset == "shapes" else {}
-    if args.dataset == "folder" and args.num_classes:
-        dataset_options = {"num_classes": args.num_classes}
-    train_set = get_dataset(args.dataset, split=args.train_split, root=args.data_root, **dataset_options)
-    val_set = get_dataset(args.dataset, split=args.val_split, root=args.data_root, **dataset_options)
+    val_name = args.val_dataset or args.dataset
+
+    def options(name):                      # what each reader takes from the command line
+        if name == "shapes":
+            return {"size": args.image_size, "cache": cache}
+        return {"num_classes": args.num_classes} if name == "folder" and args.num_classes else {}
+    train_set = get_dataset(args.dataset, split=args.train_split, root=args.data_root, **options(args.dataset))
+    val_set = get_dataset(val_name, split=args.val_split, root=args.data_root, **options(val_name))
     if val_set.num_classes != train_set.num_classes:
-        raise ValueError(f"{args.dataset}: the {args.train_split} split has {train_set.num_classes} classes and the "
-                         f"{args.val_split} split {val_set.num_classes} (each counted from its own masks); one run "
-                         "needs one class list: pass --num-classes, or list the classes in ROOT/classes.txt")
+        counted = " (each counted from its own masks)" if "folder" in (args.dataset, val_name) else ""
+        raise ValueError(f"the training set ({train_set.name}) has {train_set.num_classes} classes and the validation "
+                         f"set ({val_set.name}) {val_set.num_classes}{counted}; one run needs one class list: "
+                         "validate on a dataset with the same classes, or for a folder pass --num-classes or list the "
+                         "classes in ROOT/classes.txt")
     K = args.num_classes or train_set.num_classes
 
     log_path = os.path.join(args.out, "log.jsonl")
@@ -336,7 +345,8 @@ def main(argv=None):
     if args.warmup >= total:
         print(f"note: the learning-rate warmup ({args.warmup} iterations) is as long as the run, so the rate never "
               f"reaches --lr {args.lr:g}; pass --warmup 0 (or fewer) for a short run", file=sys.stderr)
-    print(f"{net}\ntraining {args.model} on {args.dataset} ({len(train_set)} train / {len(val_set)} val images) "
+    print(f"{net}\ntraining {args.model} on {train_set.name} ({len(train_set)} images; validation: {val_set.name}, "
+          f"{len(val_set)}) "
           f"for {total} iterations{cut} of batch {args.batch_size} on {args.device} ({args.optimizer}, lr {args.lr:g}, "
           f"{args.lr_policy}); output in {args.out}",
           file=sys.stderr)

@@ -321,7 +321,7 @@ def test_folder_splits_must_agree_on_the_classes(tmp_path):
             Image.fromarray(mask, mode="L").save(tmp_path / split / "masks" / f"{n}.png")
     folder = [*TINY, "--dataset", "folder", "--data-root", str(tmp_path), "--iters", "2", "--val-every", "100",
               "--out", str(tmp_path / "run")]
-    with pytest.raises(ValueError, match=r"train split has 2 classes and the val split 4.*--num-classes"):
+    with pytest.raises(ValueError, match=r"training set \(folder-train\) has 2 classes and the validation set \(folder-val\) 4.*--num-classes"):
         train.main(folder)
     assert train.main([*folder, "--num-classes", "4"]) == 0
     assert models.load(tmp_path / "run" / "checkpoint.npz").num_classes == 4

@@ -1,4 +1,5 @@
 """Readers on small fabricated VOC, SBD and folder trees; seg11valid's derivation; every bad-input error."""
+import json
 import sys
 
 import numpy as np
@@ -115,6 +116,20 @@ def test_seg11valid_is_voc2011_val_less_sbd_train(tmp_path):
     assert ds.name == "seg11valid" and ds.num_classes == 21 and ds[2][0].shape == (12, 16, 3)
     with pytest.raises(ValueError, match="validation"):
         get_dataset("seg11valid", "train", root=tmp_path)
+
+
+def test_train_on_sbd_and_validate_on_seg11valid_as_the_paper_does(tmp_path, capsys):
+    from minifcn import train
+    make_voc(tmp_path / "TrainVal", year=2011, splits={"val": ["2007_000033", "2007_000042"]})
+    make_sbd(tmp_path, {"train": ["2007_000042", "2010_000777"]})
+    assert train.main(["--dataset", "sbd", "--val-dataset", "seg11valid", "--data-root", str(tmp_path), "--iters", "1",
+                       "--batch-size", "1", "--workers", "1", "--out", str(tmp_path / "run")]) == 0
+    assert "on sbd-train (2 images; validation: seg11valid, 1)" in capsys.readouterr().err
+    validation = [r for r in map(json.loads, open(tmp_path / "run" / "log.jsonl")) if "mean_iu" in r]
+    assert validation and validation[-1]["iter"] == 1
+    with pytest.raises(ValueError, match=r"training set \(shapes-train\) has 6 classes and the validation set "
+                                         r"\(seg11valid\) 21"):
+        train.main(["--val-dataset", "seg11valid", "--data-root", str(tmp_path), "--iters", "1", "--out", str(tmp_path / "x")])
 
 
 def test_seg11valid_with_separate_roots(tmp_path):
