@@ -330,6 +330,10 @@ def main(argv=None):
                          f"set ({val_set.name}) {val_set.num_classes}{counted}; one run needs one class list: "
                          "validate on a dataset with the same classes, or for a folder pass --num-classes or list the "
                          "classes in ROOT/classes.txt")
+    if list(val_set.ids) == list(train_set.ids):
+        print(f"note: validation reads the training images ({train_set.name} has no separate {args.val_split} split): "
+              "its scores say how well the net fits them, not how it does on new images; for a folder, put the "
+              "images in ROOT/train/ and ROOT/val/ (each with images/ and masks/)", file=sys.stderr)
     K = args.num_classes or train_set.num_classes
 
     log_path = os.path.join(args.out, "log.jsonl")

@@ -330,6 +330,19 @@ def test_folder_splits_must_agree_on_the_classes(tmp_path):
                           str(tmp_path), "--split", "train"]) == 0
 
 
+def test_a_folder_without_splits_says_validation_reads_the_training_images(tmp_path, capsys):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for n in "ab":
+        Image.fromarray(np.full((24, 24, 3), 9, np.uint8)).save(tmp_path / "images" / f"{n}.png")
+        Image.fromarray(np.eye(24, dtype=np.uint8), mode="L").save(tmp_path / "masks" / f"{n}.png")
+    assert train.main([*TINY, "--dataset", "folder", "--data-root", str(tmp_path), "--iters", "1",
+                       "--out", str(tmp_path / "run")]) == 0
+    assert "validation reads the training images" in capsys.readouterr().err
+    assert run_train(tmp_path, "--iters", "1") == 0                      # the shapes' val split is its own
+    assert "validation reads the training images" not in capsys.readouterr().err
+
+
 def test_folder_masks_with_only_background_and_void_are_refused(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()
