@@ -14,7 +14,10 @@ field numbers of Caffe's caffe.proto:
     message LayerParameter { optional string name = 1; optional string type = 2; repeated string bottom = 3;
                              repeated string top = 4; repeated ParamSpec param = 6; repeated BlobProto blobs = 7;
                              optional ConvolutionParameter convolution_param = 106; }
-    message V1LayerParameter { repeated string bottom = 2; repeated string top = 3; optional string name = 4;
+    message V0LayerParameter { optional string name = 1; optional string type = 2; repeated BlobProto blobs = 50;
+                               repeated float blobs_lr = 51; repeated float weight_decay = 52; }
+    message V1LayerParameter { optional V0LayerParameter layer = 1;
+                               repeated string bottom = 2; repeated string top = 3; optional string name = 4;
                                enum LayerType { NONE = 0; CONVOLUTION = 4; INNER_PRODUCT = 14; POOLING = 17;
                                                 RELU = 18; DECONVOLUTION = 39; }
                                optional LayerType type = 5; repeated BlobProto blobs = 6;
@@ -55,7 +58,11 @@ MESSAGES = {  # name -> [(label, type, field name, number)]; "repeated" numbers 
                        ("repeated", "string", "bottom", 3), ("repeated", "string", "top", 4),
                        ("repeated", "ParamSpec", "param", 6), ("repeated", "BlobProto", "blobs", 7),
                        ("optional", "ConvolutionParameter", "convolution_param", 106)],
-    "V1LayerParameter": [("repeated", "string", "bottom", 2), ("repeated", "string", "top", 3),
+    "V0LayerParameter": [("optional", "string", "name", 1), ("optional", "string", "type", 2),
+                         ("repeated", "BlobProto", "blobs", 50), ("repeated", "float", "blobs_lr", 51),
+                         ("repeated", "float", "weight_decay", 52)],
+    "V1LayerParameter": [("optional", "V0LayerParameter", "layer", 1),
+                         ("repeated", "string", "bottom", 2), ("repeated", "string", "top", 3),
                          ("optional", "string", "name", 4), ("optional", "LayerType", "type", 5),
                          ("repeated", "BlobProto", "blobs", 6), ("repeated", "float", "blobs_lr", 7),
                          ("repeated", "float", "weight_decay", 8)],
@@ -103,12 +110,19 @@ def blob(b, a, legacy=False, double=False):
     (b.double_data if double else b.data).extend(a.ravel().tolist())
 
 
-def net_bytes(layers, v1=False, packed=True, double=False):
-    """layers [(name, type, [arrays])] -> a serialised NetParameter in the `layer` or the V1 `layers` field."""
+def net_bytes(layers, v1=False, packed=True, double=False, v0=False):
+    """layers [(name, type, [arrays])] -> a serialised NetParameter in the `layer` or the V1 `layers` field;
+    v0: V0 layers (string types "conv", "innerproduct", ...) inside `layers`, as Caffe's 2013 files hold them."""
     pb = PB[packed]
     net = pb["NetParameter"](name="test", input=["data"], input_dim=[1, 3, 224, 224])
     for name, type_, arrays in layers:
-        if v1:
+        if v0:
+            connection = net.layers.add(bottom=["x"], top=[name])
+            layer = connection.layer
+            layer.name, layer.type = name, type_
+            layer.blobs_lr.extend([1.0, 2.0][:len(arrays)])
+            v1 = True                                      # legacy 4-D blob shapes
+        elif v1:
             layer = net.layers.add(name=name, type=V1_ENUM[type_.upper()], bottom=["x"], top=[name])
             layer.blobs_lr.extend([1.0, 2.0][:len(arrays)])
             layer.weight_decay.extend([1.0, 0.0][:len(arrays)])
@@ -129,6 +143,7 @@ def rand(rng, *shape):
 
 V1_TYPE = {"Convolution": "CONVOLUTION", "InnerProduct": "INNER_PRODUCT", "Deconvolution": "DECONVOLUTION",
            "ReLU": "RELU", "Pooling": "POOLING"}
+V0_TYPE = {"Convolution": "conv", "InnerProduct": "innerproduct", "ReLU": "relu", "Pooling": "pool"}
 
 
 # ----------------------------------------------------------------------------- the wire format, both fields
@@ -170,6 +185,21 @@ def test_v1_layers_field_with_legacy_shapes(tmp_path, packed, rng):
         np.testing.assert_array_equal(params[k], a)
 
 
+def test_blob_fields_are_read_as_caffe_reads_them(tmp_path):
+    """Blob::FromProto: any of num / channels / height / width present -> that 4-D shape, over `shape`;
+    double_data present -> it, over data."""
+    net = PB[True]["NetParameter"]()
+    b = net.layer.add(name="both", type="Convolution").blobs.add()
+    b.shape.dim.extend([6])
+    b.num, b.channels, b.height, b.width = 2, 3, 1, 1
+    b.data.extend([9.0] * 6)
+    b.double_data.extend([0.5, 1, 2, 3, 4, 5])
+    (tmp_path / "b.caffemodel").write_bytes(net.SerializeToString())
+    got = read_caffemodel(tmp_path / "b.caffemodel")[0].blobs[0]
+    assert got.shape == (2, 3, 1, 1) and got.dtype == np.float64
+    np.testing.assert_array_equal(got.ravel(), [0.5, 1, 2, 3, 4, 5])
+
+
 # ----------------------------------------------------------------------------- VGG16 and FCN caffemodels
 
 def vgg16_layers(rng, channels=(4, 8, 16, 32, 32), fc=256, classes=10, fc_as_conv=False):
@@ -207,6 +237,19 @@ def test_vgg16_caffemodel_fc_layers_become_exact_convolutions(tmp_path, v1, rng)
     W, b = src["fc6"]
     conv = conv2d_forward(x, params["fc6.W"], params["fc6.b"])[0]
     np.testing.assert_allclose(conv.reshape(2, -1), x.reshape(2, -1) @ W.T + b, rtol=1e-5, atol=1e-5)
+
+
+def test_v0_layers_with_string_types(tmp_path, rng):
+    """V0 layers (inside V1's field 1) name their type "conv", "innerproduct", ...: the legacy (1, 1, F, C)
+    InnerProduct shapes must still be undone, so a V0 VGG16 converts like the others."""
+    layers = vgg16_layers(rng)
+    (tmp_path / "v0.caffemodel").write_bytes(net_bytes([(n, V0_TYPE[t], a) for n, t, a in layers], v0=True))
+    got = read_caffemodel(tmp_path / "v0.caffemodel")
+    assert [(g.name, g.type) for g in got] == [(n, t) for n, t, _ in layers]
+    params = read_vgg16(tmp_path / "v0.caffemodel")
+    src = {name: arrays for name, _, arrays in layers}
+    np.testing.assert_array_equal(params["fc6.W"], src["fc6"][0].reshape(256, 32, 7, 7))
+    np.testing.assert_array_equal(params["fc8.b"], src["fc8"][1])
 
 
 def test_vgg16_fcn_caffemodel_with_conv_fc_layers(tmp_path, rng):
@@ -249,6 +292,53 @@ def test_trained_fcn_caffemodel_loads_into_a_minifcn_net(tmp_path, rng):
     assert net.arch == "fcn8s" and net.num_classes == 3
     np.testing.assert_array_equal(net.params["upscore_pool4.W"], layers[-3][2][0])
     np.testing.assert_array_equal(net.params["fc6.W"], layers[26][2][0])
+
+
+def reference_fcn_layers(rng, arch, K=3):
+    """The layers with weights in fcn.berkeleyvision.org's voc-<arch>/net.py, in order, at 1/16 width:
+    upscore* are bias-free Deconvolutions (K, K, k, k); at-once scales pool4 / pool3 by constant Scale
+    layers whose one blob has pool4's / pool3's channels (32 / 16 here)."""
+    body = vgg16_layers(rng, fc_as_conv=True)[:-1]                    # FCN replaces fc8 by score_fr
+    score = [("score_fr", "Convolution", [rand(rng, K, 256, 1, 1), rand(rng, K)])]
+    if arch == "fcn32s":
+        return body + score + [("upscore", "Deconvolution", [rand(rng, K, K, 64, 64)])]
+    pool4 = [("score_pool4", "Convolution", [rand(rng, K, 32, 1, 1), rand(rng, K)])]
+    up2 = [("upscore2", "Deconvolution", [rand(rng, K, K, 4, 4)])]
+    if arch == "fcn16s":
+        return body + score + up2 + pool4 + [("upscore16", "Deconvolution", [rand(rng, K, K, 32, 32)])]
+    scale4 = [("scale_pool4", "Scale", [np.full(32, 0.01, np.float32)])] if arch == "fcn8s-atonce" else []
+    scale3 = [("scale_pool3", "Scale", [np.full(16, 0.0001, np.float32)])] if arch == "fcn8s-atonce" else []
+    return (body + score + up2 + scale4 + pool4 + [("upscore_pool4", "Deconvolution", [rand(rng, K, K, 4, 4)])]
+            + scale3 + [("score_pool3", "Convolution", [rand(rng, K, 16, 1, 1), rand(rng, K)]),
+                        ("upscore8", "Deconvolution", [rand(rng, K, K, 16, 16)])])
+
+
+@pytest.mark.parametrize("arch", ["fcn32s", "fcn16s", "fcn8s-atonce"])
+def test_reference_fcn_caffemodels_load_as_their_net(tmp_path, rng, arch):
+    models = pytest.importorskip("minifcn.models")
+    layers = reference_fcn_layers(rng, arch)
+    (tmp_path / f"{arch}.caffemodel").write_bytes(net_bytes(layers))
+    params, meta = read_weights(tmp_path / f"{arch}.caffemodel")
+    assert meta["arch"] == arch and meta["num_classes"] == 3
+    assert not any(k.startswith("scale_pool") for k in params)        # constants of the net, not parameters
+    assert convert([str(tmp_path / f"{arch}.caffemodel"), str(tmp_path / "fcn.npz")]) == 0
+    net = models.load(str(tmp_path / "fcn.npz"))                       # every key in name and shape, strict
+    assert net.arch == arch
+    for name, type_, arrays in layers:
+        if type_ != "Scale" and arrays and name not in ("fc6", "fc7") and not name.startswith("conv"):
+            np.testing.assert_array_equal(net.params[f"{name}.W"], arrays[0])
+
+
+def test_two_headed_siftflow_fcn_is_refused_clearly(tmp_path, rng):
+    """siftflow-fcn* score 33 semantic and 3 geometric classes with two heads (score_fr_sem, score_fr_geo, ...)."""
+    body = vgg16_layers(rng, fc_as_conv=True)[:-1]
+    heads = [(f"score_fr_{task}", "Convolution", [rand(rng, K, 256, 1, 1), rand(rng, K)]) for task, K in
+             (("sem", 33), ("geo", 3))] + [(f"upscore_{task}", "Deconvolution", [rand(rng, K, K, 64, 64)])
+                                           for task, K in (("sem", 33), ("geo", 3))]
+    (tmp_path / "siftflow-fcn32s.caffemodel").write_bytes(net_bytes(body + heads))
+    with pytest.raises(ValueError, match=r"siftflow-fcn32s\.caffemodel.*2 score heads \['score_fr_geo', "
+                                         r"'score_fr_sem'\].*SIFT Flow.*minifcn's FCNs have one"):
+        read_weights(tmp_path / "siftflow-fcn32s.caffemodel")
 
 
 # ----------------------------------------------------------------------------- files that must be refused

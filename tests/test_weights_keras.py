@@ -94,6 +94,17 @@ def test_fc1_flatten_order_is_handled(tmp_path, rng):
     assert fc6[o, c, i, j] == kernel[(i * 7 + j) * 32 + c, o]
 
 
+def test_theano_ordered_file_is_refused(tmp_path, rng):
+    """vgg16_weights_th_dim_ordering_th_kernels.h5 (Keras 1): kernels (F, C, KH, KW), so block1_conv1's is
+    (64, 3, 3, 3), whose axis 2 is 3 just as in the tf file's (3, 3, 3, 64)."""
+    weights = [(n, [np.ascontiguousarray(W.transpose(3, 2, 0, 1)) if W.ndim == 4 else W, b])
+               for n, (W, b) in keras_weights(rng)]
+    assert dict(weights)["block1_conv1"][0].shape == (4, 3, 3, 3)
+    write_keras_h5(tmp_path / "vgg16_weights_th_dim_ordering_th_kernels.h5", weights)
+    with pytest.raises(ValueError, match=r"th_kernels\.h5.*block1_conv1's kernel is \(4, 3, 3, 3\).*Theano-ordered"):
+        read_weights(tmp_path / "vgg16_weights_th_dim_ordering_th_kernels.h5")
+
+
 def test_bad_keras_files(tmp_path, rng):
     weights = keras_weights(rng)
     write_keras_h5(tmp_path / "nofc2.h5", [w for w in weights if w[0] != "fc2"])

@@ -5,9 +5,11 @@ converted, run by minifcn (fc6 / fc7 / fc8 as convolutions, 224 x 224 input) giv
 scores within 1e-4. The fast tests use a VGG16 of 1/16 width (the fc6 reshape is the same);
 one slow test runs the full-size net.
 """
+import collections
 import io
 import os
 import pickle
+import tarfile
 import zipfile
 
 import numpy as np
@@ -26,14 +28,16 @@ FULL = {"channels": (64, 128, 256, 512, 512), "fc": 4096, "classes": 1000}
 
 
 class TorchVGG16(nn.Module):
-    """torchvision's VGG16 layout (features.N, classifier.0/3/6) written with plain torch.nn."""
+    """torchvision's VGG16 layout (features.N, classifier.0/3/6) written with plain torch.nn;
+    batch_norm=True: vgg16_bn's (conv, BatchNorm2d, ReLU per convolution)."""
 
-    def __init__(self, channels, fc, classes):
+    def __init__(self, channels, fc, classes, batch_norm=False):
         super().__init__()
         layers, c = [], 3
         for (block, convs), width in zip(BLOCKS, channels):
             for _ in range(convs):
-                layers += [nn.Conv2d(c, width, 3, padding=1), nn.ReLU(inplace=True)]
+                bn = [nn.BatchNorm2d(width)] if batch_norm else []
+                layers += [nn.Conv2d(c, width, 3, padding=1), *bn, nn.ReLU(inplace=True)]
                 c = width
             layers.append(nn.MaxPool2d(2, 2))
         self.features = nn.Sequential(*layers)
@@ -104,6 +108,112 @@ def test_full_size_vgg16(tmp_path):
     assert convert([str(tmp_path / "vgg16.pth"), str(tmp_path / "vgg16.npz")]) == 0
     params, _ = check_against_torch(model, tmp_path / "vgg16.npz")
     assert params["fc6.W"].shape == (4096, 512, 7, 7) and params["fc8.W"].shape == (1000, 4096, 1, 1)
+
+
+def test_vgg16_bn_is_folded_into_the_same_function(tmp_path):
+    """torchvision's vgg16_bn (features.N conv, features.N+1 BatchNorm2d): each BatchNorm, with its running
+    statistics, folded into its convolution gives torch's eval-mode scores."""
+    torch.manual_seed(0)
+    model = TorchVGG16(**TINY, batch_norm=True).eval()
+    for name, p in model.named_parameters():
+        p.data.normal_(0, 0.5 / np.sqrt(p[0].numel()) if p.dim() > 1 else 0.1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):                  # statistics far from (0, 1), so a slip would show
+            m.weight.data.uniform_(0.5, 2.0)
+            m.running_mean.normal_(0, 0.5)
+            m.running_var.uniform_(0.2, 3.0)
+            m.num_batches_tracked.fill_(1000)
+    assert "features.1.running_var" in model.state_dict() and "features.3.weight" in model.state_dict()
+    torch.save(model.state_dict(), tmp_path / "vgg16_bn.pth")
+    assert convert([str(tmp_path / "vgg16_bn.pth"), str(tmp_path / "vgg16_bn.npz")]) == 0
+    params, meta = check_against_torch(model, tmp_path / "vgg16_bn.npz")
+    assert sorted(params) == sorted(NAMES) and params["conv1_2.W"].shape == (4, 4, 3, 3)
+    assert meta["arch"] == "vgg16" and meta["preprocessing"]["std"] == [0.229, 0.224, 0.225]
+
+
+def legacy_2017_pth(path, state):
+    """What torch 0.1 under Python 2 (early 2017) wrote, byte for byte in layout: the legacy pickles; the
+    state dict as OrderedDict([[key, tensor], ...]); keys as Python 2 strings; each tensor an empty
+    torch.FloatTensor (NEWOBJ) given (storage, offset, size, stride) (BUILD); each storage the persistent
+    id ('storage', torch.FloatStorage, key, 'cpu', numel, None). Tensors sharing a storage share it here."""
+    storages = {}                                          # data_ptr -> (key, flat float32 array of the storage)
+
+    class Py2Str(str):
+        pass
+
+    class Storage:
+        def __init__(self, key, numel):
+            self.key, self.numel = key, numel
+
+    class Tensor:
+        def __init__(self, t):
+            flat = torch.empty(0, dtype=t.dtype).set_(t.untyped_storage())   # the whole storage, (numel,)
+            key, _ = storages.setdefault(t.untyped_storage().data_ptr(), (str(len(storages)), flat.numpy()))
+            self.state = (Storage(Py2Str(key), flat.numel()), t.storage_offset(), tuple(t.shape), t.stride())
+
+    class Pickler(pickle._Pickler):                        # the pure-Python pickler: its dispatch table is open
+        dispatch = dict(pickle._Pickler.dispatch)
+
+        def persistent_id(self, obj):
+            if isinstance(obj, Storage):
+                return (Py2Str("storage"), torch.FloatStorage, obj.key, Py2Str("cpu"), obj.numel, None)
+            return None
+
+        def save_py2_str(self, obj):                       # SHORT_BINSTRING, as Python 2 wrote a str
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj.encode("ascii"))
+
+        def save_tensor(self, obj):                        # cls, (), NEWOBJ; state, BUILD
+            self.save(torch.FloatTensor)                   # GLOBAL torch FloatTensor (memoized)
+            self.write(pickle.EMPTY_TUPLE + pickle.NEWOBJ)
+            self.save(obj.state)
+            self.write(pickle.BUILD)
+
+        def save_ordered_dict(self, obj):                  # Python 2's OrderedDict.__reduce__
+            self.save(collections.OrderedDict)
+            self.save(([[k, v] for k, v in obj.items()],))
+            self.write(pickle.REDUCE)
+
+        dispatch[Py2Str] = save_py2_str
+        dispatch[Tensor] = save_tensor
+        dispatch[collections.OrderedDict] = save_ordered_dict
+
+    obj = collections.OrderedDict((Py2Str(k), Tensor(v)) for k, v in state.items())
+    with open(path, "wb") as f:
+        for header in (0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True,
+                                                      "type_sizes": {"short": 2, "int": 4, "long": 8}}):
+            pickle.dump(header, f, protocol=2)
+        Pickler(f, protocol=2).dump(obj)
+        keys = sorted(key for key, _ in storages.values())
+        pickle.dump(keys, f, protocol=2)
+        for key, flat in sorted(storages.values(), key=lambda kv: kv[0]):
+            f.write(np.int64(flat.size).tobytes() + flat.astype("<f4").tobytes())
+
+
+def test_early_2017_legacy_file(tmp_path):
+    """Tensors pickled as an empty torch.FloatTensor plus its state, Python 2 strings and OrderedDict: what
+    torchvision's first VGG files hold (torch.load rebuilds them through Tensor.__setstate__)."""
+    base = torch.randn(4, 6)
+    sd = {"w": torch.randn(3, 4), "cols": base[:, 1:3], "t": base.t(), "rows": base[1:]}
+    legacy_2017_pth(tmp_path / "old.pth", sd)
+    ours, theirs = read_state_dict(tmp_path / "old.pth"), torch.load(tmp_path / "old.pth", weights_only=False)
+    assert list(ours) == list(theirs) == list(sd) and all(type(k) is str for k in ours)
+    for k, v in sd.items():
+        np.testing.assert_array_equal(theirs[k].numpy(), v.numpy(), err_msg=k)       # the file is what torch reads
+        np.testing.assert_array_equal(ours[k], v.numpy(), err_msg=k)
+    # a whole VGG16 in that form converts to the same network function
+    torch.manual_seed(0)
+    model = TorchVGG16(**TINY).eval()
+    legacy_2017_pth(tmp_path / "vgg16.pth", model.state_dict())
+    assert convert([str(tmp_path / "vgg16.pth"), str(tmp_path / "vgg16.npz")]) == 0
+    check_against_torch(model, tmp_path / "vgg16.npz")
+
+
+def test_features_only_file_with_nan_classifier_is_refused(tmp_path):
+    """torchvision's vgg16_features-amdegroot-88682ab5.pth fills classifier.* with NaN: it must not become
+    an .npz with NaN fc6 / fc7 (and torchvision's mean / std, which those weights do not even use)."""
+    path = edited(tmp_path, lambda sd: [v.fill_(float("nan")) for k, v in sd.items() if k.startswith("classifier")])
+    with pytest.raises(ValueError, match=r"e\.pth.*classifier\.0\.weight holds NaN.*amdegroot"):
+        read_vgg16(path)
 
 
 def test_torchvision_key_names():
@@ -213,6 +323,10 @@ def test_not_a_state_dict(tmp_path):
     (tmp_path / "x.pth").write_bytes(b"hello, not a torch file")
     with pytest.raises(ValueError, match=r"x\.pth.*not a torch\.save file"):
         read_state_dict(tmp_path / "x.pth")
+    with tarfile.open(tmp_path / "tar.pth", "w", format=tarfile.PAX_FORMAT) as tar:   # torch 0.1's layout
+        tar.add(tmp_path / "x.pth", arcname="sys_info")
+    with pytest.raises(ValueError, match=r"tar\.pth.*torch 0\.1's tar layout.*torch\.save\(torch\.load\(src\)"):
+        read_state_dict(tmp_path / "tar.pth")
 
 
 def test_failed_conversion_leaves_no_dst(tmp_path, capsys):

@@ -12,9 +12,11 @@ The fields read here, with their numbers in Caffe's caffe.proto:
     NetParameter      layer 100 (LayerParameter)   layers 2 (V1LayerParameter, the legacy field)
     LayerParameter    name 1, type 2 (a string: "Convolution", "InnerProduct", "Deconvolution", ...), blobs 7
     V1LayerParameter  name 4, type 5 (an enum: 4 CONVOLUTION, 14 INNER_PRODUCT, 39 DECONVOLUTION, ...), blobs 6,
-                      and layer 1, an older V0LayerParameter: name 1, type 2 (string), blobs 50
+                      and layer 1, an older V0LayerParameter: name 1, type 2 (a string: "conv",
+                      "innerproduct", ... renamed as above), blobs 50
     BlobProto         shape 7 (BlobShape: dim 1, packed int64), or the legacy num 1, channels 2, height 3,
-                      width 4; data 5 (float, packed), double_data 8 (double, packed)
+                      width 4 (which win when present, as in Caffe); data 5 (float, packed),
+                      double_data 8 (double, packed; wins over data when present)
 Packed float data become np.frombuffer views of the file's bytes: no copy (the arrays may be unaligned).
 Unpacked floats (one tag per value, legal protobuf though Caffe never writes it) are read run by run.
 
@@ -32,6 +34,9 @@ from .vgg16 import LAYERS, finish
 V1_TYPES = {1: "Accuracy", 3: "Concat", 4: "Convolution", 5: "Data", 6: "Dropout", 14: "InnerProduct",  # enum ->
             15: "LRN", 17: "Pooling", 18: "ReLU", 20: "Softmax", 21: "SoftmaxWithLoss", 22: "Split",  # the names
             25: "Eltwise", 39: "Deconvolution"}                                                 # `layer` uses
+V0_TYPES = {"conv": "Convolution", "innerproduct": "InnerProduct", "pool": "Pooling", "relu": "ReLU",  # V0's
+            "dropout": "Dropout", "lrn": "LRN", "concat": "Concat", "data": "Data", "softmax": "Softmax",   # strings
+            "softmax_loss": "SoftmaxWithLoss", "split": "Split", "accuracy": "Accuracy"}
 # (name, type, blobs) field numbers of the three layer messages
 SCHEMA = {"layer": (1, 2, 7), "V1": (4, 5, 6), "V0": (1, 2, 50)}
 # FCN-8s at-once scales pool4 and pool3 by constants; Caffe stores them as Scale-layer blobs, minifcn as fixed factors.
@@ -138,8 +143,9 @@ def _numbers(value, dtype):
 # ----------------------------------------------------------------------------- Caffe's messages
 
 def _blob(buf):
-    """BlobProto -> ndarray in its shape (`shape` if given, else the legacy num, channels, height, width)."""
-    shape, legacy, data = None, [0, 0, 0, 0], []
+    """BlobProto -> ndarray in its shape, read as Caffe's Blob::FromProto does: the legacy (num, channels,
+    height, width) when any of them is given, else `shape`; double_data when given, else data."""
+    shape, legacy, floats, doubles = None, None, [], []
     for number, wire, value in fields(buf):
         if number == 7 and wire == 2:                                  # BlobShape
             shape = []
@@ -147,13 +153,17 @@ def _blob(buf):
                 if n == 1:
                     shape += _varints(v) if w == 2 else [_signed(v)]
         elif number in (1, 2, 3, 4) and wire == 0:
+            legacy = legacy or [0, 0, 0, 0]
             legacy[number - 1] = _signed(value)
         elif number == 5 and wire in (2, 5):
-            data.append(_numbers(value, "<f4"))
+            floats.append(_numbers(value, "<f4"))
         elif number == 8 and wire in (1, 2):
-            data.append(_numbers(value, "<f8"))
-    if shape is None:
-        shape = legacy if any(legacy) else [sum(len(d) for d in data)]
+            doubles.append(_numbers(value, "<f8"))
+    data = doubles or floats
+    if legacy is not None:
+        shape = legacy
+    elif shape is None:
+        shape = [sum(len(d) for d in data)]
     if any(d < 0 for d in shape):
         raise _Corrupt(f"negative blob shape {tuple(shape)}")
     values = data[0] if len(data) == 1 else (np.concatenate(data) if data else np.zeros(0, np.float32))
@@ -179,6 +189,8 @@ def _layer(buf, kind):
             v0 = _layer(value, "V0")
     if v0 is not None and not blobs:
         return v0
+    if kind == "V0":
+        type_ = V0_TYPES.get(type_, type_)                   # "innerproduct" -> "InnerProduct", ...
     return name, type_, blobs
 
 
@@ -264,6 +276,11 @@ def read_net(path):
     head = {k: v for k, v in params.items() if k not in body}
     if not head:
         return finish(body, where), {"arch": "vgg16"}
+    heads = sorted(k[:-len(".W")] for k in head if k.startswith("score_fr") and k.endswith(".W"))
+    if "score_fr.W" not in head and heads:
+        raise ValueError(f"{where}: an FCN with {len(heads)} score heads {heads} (SIFT Flow's nets score semantic "
+                         "and geometric classes); minifcn's FCNs have one, score_fr, so it cannot be read. "
+                         "The single-task FCNs (voc-*, pascalcontext-*) can.")
     if "score_fr.W" not in head:
         raise ValueError(f"{where}: layers that are not VGG16's {sorted({k.split('.')[0] for k in head})}, and no "
                          "score_fr: neither a VGG16 nor a trained FCN caffemodel")

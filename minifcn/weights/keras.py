@@ -14,6 +14,9 @@ Two layout changes make them minifcn weights:
     index is (i * 7 + j) * C5 + c, Caffe's (c * 7 + i) * 7 + j. So fc1 (7*7*C5, D) becomes fc6.W by
     reshape (7, 7, C5, D) -> transpose (D, C5, 7, 7); then it reads (C, H, W) maps like Caffe's fc6,
     and the 7x7 convolution is exact (vgg16.py). fc2 (D, D) -> fc7 (D, D, 1, 1); predictions -> fc8.
+The file's fc1 is in (H, W, C) order whatever the Keras data_format: Keras' vgg16.py converts it when it
+builds a channels_first model. Keras 1's Theano-ordered file (vgg16_weights_th_dim_ordering_th_kernels.h5:
+kernels (F, C, KH, KW), flipped for true convolution, fc1 in (C, H, W) order) is refused.
 The Keras VGG16 ("caffe" preprocessing) expects BGR images in 0-255 minus (103.939, 116.779, 123.68).
 """
 import numpy as np
@@ -71,10 +74,6 @@ def read_vgg16(path):
     if unknown:
         raise ValueError(f"{where}: layers that are not Keras VGG16's: {unknown[:8]} (expected "
                          f"block1_conv1 ... block5_conv3, fc1, fc2, predictions)")
-    first = layers.get("block1_conv1", [np.zeros((3, 3, 3, 1))])[0]
-    if first.ndim == 4 and first.shape[2] != 3 and first.shape[1] == 3:
-        raise ValueError(f"{where}: block1_conv1's kernel is {first.shape}, channels first: a Theano-ordered "
-                         "(th_dim_ordering) file; use vgg16_weights_tf_dim_ordering_tf_kernels.h5")
     params = {}
     c5 = layers["block5_conv3"][0].shape[-1] if "block5_conv3" in layers else 0
     for keras_name in list(layers):
@@ -82,6 +81,10 @@ def read_vgg16(path):
         if len(arrays) != 2:
             raise ValueError(f"{where}: layer {keras_name!r} has {len(arrays)} weights, expected kernel and bias")
         W, b = arrays
+        if layer in CONVS and W.ndim == 4 and W.shape[2:] == (3, 3) and W.shape[:2] != (3, 3):
+            raise ValueError(f"{where}: {keras_name}'s kernel is {W.shape}, (F, C, 3, 3): a Theano-ordered "
+                             "(th_dim_ordering, flipped th kernels) file; use "
+                             "vgg16_weights_tf_dim_ordering_tf_kernels.h5")
         if layer in CONVS and W.ndim == 4:
             W = W.transpose(3, 2, 0, 1)                                   # (KH, KW, C, F) -> (F, C, KH, KW)
         elif layer != "fc6" and W.ndim == 2:

@@ -12,11 +12,17 @@ Two layouts:
                        magic number, protocol version 1001, system info (endianness),
                        the state dict, the list of storage keys, then per key an int64 element count
                        followed by the raw bytes.
+  (torch 0.1's tar layout, of some files from early 2017, is not read: re-save those with torch.)
 Inside the state dict's pickle a tensor is the call
     torch._utils._rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks[, metadata])
-and its storage a persistent id ('storage', torch.FloatStorage, key, location, numel[, view]).
+(torch < 0.4: _rebuild_tensor(storage, offset, size, stride); early 2017: an empty torch.FloatTensor
+given the state (storage, offset, size, stride)), and its storage a persistent id
+('storage', torch.FloatStorage, key, location, numel[, view]).
 The unpickler turns these into small records (_Storage, _Tensor); once the storages' bytes are read,
 every record becomes a NumPy array (a view of the storage when the tensor is contiguous: no copy).
+
+torchvision's vgg16_bn (conv, BatchNorm, ReLU per convolution) is read too: each BatchNorm is folded
+into its convolution (fold_batch_norm), which gives plain VGG16 weights computing the same function.
 """
 import collections
 import io
@@ -27,11 +33,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .vgg16 import BLOCKS, finish
+from .vgg16 import BLOCKS, CONVS, finish
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 CHUNK = 16 << 20                       # bytes read at a time: big storages are read without a second copy
+BN_EPS = 1e-5                          # nn.BatchNorm2d's default, which torchvision's vgg16_bn uses
 
 STORAGE_DTYPES = {"FloatStorage": "<f4", "DoubleStorage": "<f8", "HalfStorage": "<f2", "BFloat16Storage": "<u2",
                   "LongStorage": "<i8", "IntStorage": "<i4", "ShortStorage": "<i2", "CharStorage": "i1",
@@ -82,11 +89,25 @@ def _rebuild_parameter(data, *unused):
     return data
 
 
+class _LegacyTensor:
+    """Stand-in for torch.FloatTensor & co. Files from early 2017 (before tensors pickled themselves as a
+    _rebuild_tensor call) hold a tensor as an empty torch.FloatTensor (pickle's NEWOBJ) that is then given
+    its state (storage, offset, size, stride) (BUILD, which calls __setstate__). Only the state is kept."""
+    tensor = None
+
+    def __setstate__(self, state):
+        if not (isinstance(state, tuple) and len(state) == 4):
+            raise pickle.UnpicklingError(f"a legacy tensor's state is {str(state)[:80]}, not "
+                                         "(storage, offset, size, stride)")
+        self.tensor = _rebuild_tensor(*state)
+
+
 SAFE_GLOBALS = {("collections", "OrderedDict"): collections.OrderedDict,
                 ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
                 ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
                 ("torch._utils", "_rebuild_parameter"): _rebuild_parameter}
 SAFE_GLOBALS.update({("torch", name): _StorageType(name) for name in STORAGE_DTYPES})
+SAFE_GLOBALS.update({("torch", name.replace("Storage", "Tensor")): _LegacyTensor for name in STORAGE_DTYPES})
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -156,7 +177,11 @@ def _tensor_array(t, where, name):
 
 
 def _materialize(obj, where, name=""):
-    """Replace every _Tensor in dicts / lists / tuples by its array."""
+    """Replace every _Tensor (or _LegacyTensor) in dicts / lists / tuples by its array."""
+    if isinstance(obj, _LegacyTensor):
+        if obj.tensor is None:
+            raise ValueError(f"{where}: tensor {name!r} was pickled without its state: the file is corrupt")
+        obj = obj.tensor
     if isinstance(obj, _Tensor):
         return _tensor_array(obj, where, name)
     if isinstance(obj, dict):
@@ -257,14 +282,16 @@ def read_state_dict(path):
     """A torch.save'd state dict -> {name: ndarray} (dtypes as saved), without torch. See the module docstring."""
     where = repr(str(path))
     with open(path, "rb") as f:
-        head = f.read(4)
+        head = f.read(512)
     if head.startswith(b"PK"):
         obj = _read_zip(path, where)
     elif head[:1] == b"\x80":                      # a pickle's PROTO opcode: the legacy layout
         obj = _read_legacy(path, where)
+    elif head[257:262] == b"ustar":                # a tar archive's magic, at byte 257 of its first header
+        raise ValueError(f"{where}: a torch.save file in torch 0.1's tar layout (early 2017), which this reader "
+                         "does not read; re-save it with torch: torch.save(torch.load(src), dst)")
     else:
-        raise ValueError(f"{where}: not a torch.save file (it starts with {head!r}; expected a zip or a pickle). "
-                         "Files from torch < 0.4 (tar layout) must be re-saved with a recent torch.")
+        raise ValueError(f"{where}: not a torch.save file (it starts with {head[:4]!r}; expected a zip or a pickle)")
     obj = _materialize(obj, where)
     if not isinstance(obj, dict) or not all(isinstance(v, np.ndarray) for v in obj.values()):
         held = list(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
@@ -275,14 +302,15 @@ def read_state_dict(path):
 
 # ----------------------------------------------------------------------------- torchvision's VGG16 names
 
-def torchvision_names():
-    """{minifcn key: torchvision key}: features.N for the convolutions (ReLUs and pools take indices too),
-    classifier.0 / .3 / .6 for fc6 / fc7 / fc8 (ReLU and Dropout in between)."""
+def torchvision_names(batch_norm=False):
+    """{minifcn key: torchvision key}: features.N for the convolutions (ReLUs and pools take indices too;
+    vgg16_bn: conv, BatchNorm, ReLU, so conv1_2 is features.3), classifier.0 / .3 / .6 for fc6 / fc7 / fc8
+    (ReLU and Dropout in between)."""
     names, index = {}, 0
     for block, convs in BLOCKS:
         for i in range(1, convs + 1):
             names[f"conv{block}_{i}"] = f"features.{index}"
-            index += 2                                   # conv, relu
+            index += 3 if batch_norm else 2              # conv, (BatchNorm,) ReLU
         index += 1                                       # pool
     names.update(fc6="classifier.0", fc7="classifier.3", fc8="classifier.6")
     return {f"{layer}.{p}": f"{src}.{attr}" for layer, src in names.items() for p, attr in (("W", "weight"),
@@ -290,21 +318,58 @@ def torchvision_names():
 
 
 NAMES = torchvision_names()
+NAMES_BN = torchvision_names(batch_norm=True)
+BN_STATS = ("weight", "bias", "running_mean", "running_var")      # gamma, beta, mean, var: (F,) each
+
+
+def fold_batch_norm(state, names, where):
+    """vgg16_bn's state dict -> plain VGG16's, each BatchNorm folded into the convolution before it.
+
+    At inference BatchNorm is a per-channel affine map. With s = gamma / sqrt(running_var + eps), (F,):
+        BN(W * x + b) = s * (W * x + b - mean) + beta = (s W) * x + (s (b - mean) + beta)
+    so W' = W * s[:, None, None, None] (F, C, 3, 3) and b' = s * (b - mean) + beta (F,) compute the same
+    function. minifcn's VGG16 has no BatchNorm: fine-tuning then trains the folded convolutions.
+    """
+    state = dict(state)
+    for layer in CONVS:
+        conv = names[f"{layer}.W"][:-len(".weight")]                       # features.N
+        bn = f"features.{int(conv.split('.')[1]) + 1}"                     # features.N+1
+        if f"{conv}.weight" not in state or f"{conv}.bias" not in state:
+            continue                                                       # finish() names what is missing
+        keys = [f"{bn}.{k}" for k in BN_STATS]
+        missing = [k for k in keys if k not in state]
+        if missing:
+            raise ValueError(f"{where}: a vgg16_bn state dict without {missing}: truncated, or not torchvision's")
+        W, b = state[f"{conv}.weight"], state[f"{conv}.bias"]              # (F, C, 3, 3), (F,)
+        gamma, beta, mean, var = (state.pop(k).astype(np.float64) for k in keys)
+        state.pop(f"{bn}.num_batches_tracked", None)                       # torch >= 0.4.1 counts batches
+        if W.ndim != 4 or any(a.shape != (W.shape[0],) for a in (b, gamma, beta, mean, var)):
+            raise ValueError(f"{where}: {conv}.weight {tuple(W.shape)} and its BatchNorm {bn} "
+                             f"{tuple(gamma.shape)} do not fit: expected (F, C, 3, 3) and (F,)")
+        s = gamma / np.sqrt(var + BN_EPS)                                  # (F,)
+        state[f"{conv}.weight"] = (W * s[:, None, None, None]).astype(np.float32)
+        state[f"{conv}.bias"] = (s * (b - mean) + beta).astype(np.float32)
+    return state
 
 
 def read_vgg16(path):
-    """torchvision's VGG16 state dict -> minifcn VGG16 params (see minifcn.weights.vgg16).
+    """torchvision's VGG16 (or vgg16_bn, BatchNorm folded) state dict -> minifcn VGG16 params (see
+    minifcn.weights.vgg16).
 
     classifier.0.weight (4096, 25088) becomes fc6.W (4096, 512, 7, 7): torch flattens pool5 in
     (C, H, W) order, so the reshape is exact (convolutionalization, see vgg16.py).
     """
     where = repr(str(path))
     state = read_state_dict(path)
-    source = {v: k for k, v in NAMES.items()}
+    batch_norm = "features.1.running_var" in state           # in vgg16 features.1 is a ReLU, without state
+    names = NAMES_BN if batch_norm else NAMES
+    if batch_norm:
+        state = fold_batch_norm(state, names, where)
+    source = {v: k for k, v in names.items()}
     unknown = [k for k in state if k not in source]
     if unknown:
         raise ValueError(f"{where}: keys that are not torchvision VGG16's: {unknown[:8]}"
                          f"{' ...' if len(unknown) > 8 else ''} (expected features.N.weight/bias and "
-                         "classifier.0/3/6.weight/bias; vgg16_bn and other nets are not supported)")
+                         "classifier.0/3/6.weight/bias, as torchvision's vgg16 or vgg16_bn have them)")
     params = {source[k]: v for k, v in state.items()}
-    return finish(params, where, NAMES)
+    return finish(params, where, names)

@@ -30,6 +30,9 @@ FORMAT = "minifcn-weights"
 
 # What each source's VGG16 expects of an image:  x = (image[..., order] * scale / 255 - mean) / std,
 # with the image as read from disk (uint8, RGB); std None means 1.
+# Caffe: the mean of the FCN reference nets (fcn.berkeleyvision.org's net.py / voc_layers.py), which were
+# fine-tuned from VGG_ILSVRC_16_layers with it. The VGG release itself documents (103.939, 116.779, 123.68)
+# (Keras' "caffe" mode below); the two differ by 1 grey level at most (red).
 PREPROCESSING = {
     "caffe": {"channel_order": "BGR", "scale": 255.0,
               "mean": [104.00699, 116.66877, 122.67892], "std": None},
@@ -58,7 +61,8 @@ def convolutionalize(W, in_channels, where="fc"):
 
 
 def finish(params, where, names=None):
-    """Make a reader's raw VGG16 dict the contract: fc layers as convolutions, float32, shapes checked.
+    """Make a reader's raw VGG16 dict the contract: fc layers as convolutions, float32, shapes checked,
+    every value finite.
 
     params {"conv1_1.W": array, ...}: fc6/fc7/fc8 weights may still be 2-D (F, C*k*k).
     names {minifcn key: the key in the source file}, for error messages.
@@ -86,6 +90,11 @@ def finish(params, where, names=None):
         if b.shape != (F,):
             raise ValueError(f"{where}: {names.get(f'{layer}.b', f'{layer}.b')} has shape {tuple(b.shape)}, "
                              f"expected ({F},) (one bias per output of {name})")
+        for key, a in ((f"{layer}.W", W), (f"{layer}.b", b)):
+            if not np.isfinite(a.sum(dtype=np.float64)):       # any NaN or inf makes the sum so: no full-size mask
+                raise ValueError(f"{where}: {names.get(key, key)} holds NaN or infinite values: the file has no "
+                                 "trained weights there. (torchvision's vgg16_features-amdegroot file, for one, fills "
+                                 "its classifier with NaN; FCN needs fc6 and fc7, so use vgg16-397923af.pth instead.)")
         out[f"{layer}.W"] = W.astype(np.float32, copy=False)
         out[f"{layer}.b"] = b.astype(np.float32, copy=False)
         c_in = F
