@@ -351,3 +351,12 @@ def test_folder_masks_with_only_background_and_void_are_refused(tmp_path):
     from minifcn.data import DataError, get_dataset
     with pytest.raises(DataError, match=r"only 0 \(background\) and 255 \(void\).*0 / 255"):
         get_dataset("folder", root=tmp_path)
+
+
+def test_python_m_minifcn_lists_jobs_that_exist():
+    import importlib.util
+    from minifcn.__main__ import JOBS
+    out = subprocess.run([sys.executable, "-m", "minifcn"], capture_output=True, text=True, check=True).stdout
+    for job, _ in JOBS:
+        assert f"python -m minifcn.{job} " in out
+        assert importlib.util.find_spec(f"minifcn.{job}") is not None, job
