@@ -42,7 +42,7 @@ def gpu_available():
 
 
 def check_device(device):
-    """Normalise a device name ('cpu' or 'gpu'; 'cuda' is accepted for 'gpu')."""
+    """Normalise a device name to 'cpu' or 'gpu' ('cuda' and 'cupy' are accepted for 'gpu', 'numpy' for 'cpu')."""
     name = {"cuda": "gpu", "numpy": "cpu", "cupy": "gpu"}.get(str(device).lower(), str(device).lower())
     if name not in DEVICES:
         raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
@@ -96,7 +96,8 @@ def check_inputs(op, **arrays):
     """Check that the named arrays live on one device and share one floating dtype; return xp.
 
     `check_inputs("conv2d", x=x, W=W, b=b)` raises a TypeError such as
-    "conv2d: x is float32 but W is float64; cast with W.astype(np.float32)". None entries are skipped.
+    "conv2d: x is float32 but W is float64; use one dtype for all inputs, e.g. W.astype(x.dtype) ...".
+    None entries are skipped.
     """
     named = {k: v for k, v in arrays.items() if v is not None}
     devices = {k: device_of(v) for k, v in named.items()}

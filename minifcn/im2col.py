@@ -1,6 +1,7 @@
 """im2col / col2im: turn a convolution into one matrix product.
 
 Legend:  N batch, C channels, H x W input, KH x KW kernel, OH x OW output,
+         s stride, p pad, d dilation,
          K = C*KH*KW rows of the column matrix, P = OH*OW output positions.
 
 For every output position (oy, ox) a convolution reads a KH x KW patch of every channel. im2col

@@ -8,8 +8,9 @@ Legend:  K classes; hist[i, j] = n_ij, the number of pixels of true class i pred
     mean IU                   (1/K) sum_i n_ii / (t_i + sum_j n_ji - n_ii)
     frequency-weighted IU     (sum_k t_k)^-1 sum_i t_i n_ii / (t_i + sum_j n_ji - n_ii)
 
-A class that appears neither in the truth nor in the predictions has no IU (0/0): it is left out
-of the means (NaN in the per-class table), as in the reference's evaluation.
+A class absent from the truth has no accuracy (0/0), and one that appears neither in the truth nor in
+the predictions no IU: each is left out of its mean (K there counts only the classes that have one;
+NaN in the per-class table), as in the reference's evaluation.
 """
 import numpy as np
 

@@ -1,4 +1,4 @@
-"""SGD with momentum as in Caffe (and so the reference FCN solvers), and learning-rate schedules.
+"""SGD with momentum as in Caffe (and so the reference FCN solvers), Adam, and learning-rate schedules.
 
 For each parameter w with gradient g, learning-rate multiplier m_lr and decay multiplier m_decay:
 

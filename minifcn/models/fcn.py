@@ -18,7 +18,7 @@ holding the bilinear kernel, fixed unless learnable_upsampling=True. The crop of
 5, 9 and 31 with VGG16) are typed in nowhere: each net lists its layers as geometry specs in
 graph(), and minifcn.geometry derives the offsets from the coordinate maps. The last crop, "score",
 is folded into the last upsampling (forward(..., window=...)): the plain path paints the whole map and
-crops it, the fast path paints only the window (at 160x160, FCN-8s's upscore8 paints 248^2 pixels).
+crops it, the fast path paints only the window (at 160x160, 160^2 of FCN-8s's 248^2 upscore8 pixels).
 
 backward() reads forward() from the bottom up, line for line: a crop's backward pads the gradient
 with zeros back to the uncropped size, a sum hands its gradient unchanged to both of its inputs, and
@@ -350,8 +350,8 @@ class FCN16s(FCN):
 
         forward read from the bottom up: each layer's backward (a layer given a window takes the window's
         gradient), crop_backward for each crop, and the sum's gradient handed to both branches; the skip's
-        gradient (N, C4, H16, W16) joins the trunk
-        at pool4 through self.body.backward(dfc7, skips={"pool4": ...}). End with self.finish_backward(dx).
+        gradient (N, C4, H16, W16) joins the trunk at pool4 through self.body.backward(dfc7, skips={"pool4": ...}).
+        End with self.finish_backward(dx).
         """
         crops = self.cached(dscore)
         # BEGIN SOLUTION

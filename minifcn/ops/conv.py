@@ -5,7 +5,7 @@ Legend:  N batch, C input channels, H x W input, F filters (output channels), KH
 
 conv2d            out[n, f] = b[f] + sum_c W[f, c] (*) x_pad[n, c]   (cross-correlation, as in Caffe)
                   = W.reshape(F, K) @ im2col(x)                      one matrix product per image
-conv_transpose2d  the adjoint of conv2d in x: x -> W.reshape(C_in, K).T @ x, then col2im.
+conv_transpose2d  the adjoint of conv2d in x: x -> W.reshape(C_in, C_out*KH*KW).T @ x, then col2im.
                   Caffe's "Deconvolution"; FCN uses it for upsampling with a bilinear kernel.
 
 The forward keeps x (not the columns) in its cache: the columns are KH*KW times larger than x and
@@ -71,7 +71,8 @@ def conv2d_forward(x, W, b=None, stride=1, pad=0, dilation=1):
 def conv2d_backward(dout, cache):
     """dout (N, F, OH, OW) -> dx (N, C, H, W), dW (F, C, KH, KW), db (F,) (None if there was no bias).
 
-    out = W2 @ cols  gives  dW2 = sum_n dout[n] @ cols[n].T,  dcols = W2.T @ dout,  dx = col2im(dcols).
+    out = W2 @ cols (W2 = W.reshape(F, K))  gives  dW2 = sum_n dout[n] @ cols[n].T,  dcols = W2.T @ dout,
+    dx = col2im(dcols).
     """
     x, W, has_bias, stride, pad, dilation = cache
     xp = check_inputs("conv2d_backward", dout=dout, W=W)

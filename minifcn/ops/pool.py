@@ -78,7 +78,7 @@ def max_pool2d_backward(dout, cache):
     N, C, H, W = x_shape
     OH, OW = arg.shape[2:]
     Hp, Wp = _padded_shape(OH, OW, kh, kw, sh, sw)
-    dx_pad = xp.zeros((N, C, max(Hp, H + ph), max(Wp, W + pw)), dtype=dout.dtype)
+    dx_pad = xp.zeros((N, C, max(Hp, H + ph), max(Wp, W + pw)), dtype=dout.dtype)   # every tap, and all of x
     for i in range(kh):
         for j in range(kw):
             won = arg == i * kw + j                                               # (N, C, OH, OW)
