@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from . import ops
-from .backend import to_device, xp_of
+from .backend import pair, to_device, xp_of
 
 try:
     from . import fast      # optional: the student package of minifcn.assignments leaves it out
@@ -80,7 +80,7 @@ class Conv2d(Layer):
                  dtype=np.float32):
         super().__init__(name)
         self.stride, self.pad = stride, pad
-        kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+        kh, kw = pair(kernel, f"{name}: kernel")
         shape = (out_channels, in_channels, kh, kw)
         self.params[f"{name}.W"] = _init_weight(init, shape, in_channels * kh * kw, rng, dtype)
         if bias:
@@ -127,13 +127,15 @@ class ConvTranspose2d(Conv2d):
                  learnable=False, rng=None, dtype=np.float32):
         Layer.__init__(self, name)
         self.stride, self.pad = stride, pad
+        (KH, KW), (sh, sw) = pair(kernel, f"{name}: kernel"), pair(stride, f"{name}: stride")
         if init == "bilinear":
-            if in_channels != out_channels:
-                raise ValueError(f"{name}: bilinear init needs in_channels == out_channels, "
-                                 f"got {in_channels} and {out_channels}")
-            W = ops.bilinear_weight(in_channels, kernel, dtype)
-        else:
-            W = _init_weight(init, (in_channels, out_channels, kernel, kernel), in_channels * kernel * kernel, rng, dtype)
+            if in_channels != out_channels or KH != KW:
+                raise ValueError(f"{name}: bilinear init needs in_channels == out_channels and a square kernel, "
+                                 f"got {in_channels} and {out_channels} channels, kernel {KH}x{KW}")
+            W = ops.bilinear_weight(in_channels, KH, dtype)
+        else:   # each output pixel sums about C_in * (KH/sh) * (KW/sw) inputs: the fan-in for "he"
+            fan_in = max(1, in_channels * KH * KW // (sh * sw))
+            W = _init_weight(init, (in_channels, out_channels, KH, KW), fan_in, rng, dtype)
         self.params[f"{name}.W"] = W
         if bias:
             self.params[f"{name}.b"] = np.zeros(out_channels, dtype)

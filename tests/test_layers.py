@@ -60,3 +60,17 @@ def test_to_device_moves_params(xp):
     out = layer.forward(xp.ones((1, 4, 2, 2), dtype=np.float32))
     assert out.shape == (1, 4, 2, 2)
     assert "fc7" in repr(layer)
+
+
+def test_transposed_layer_takes_a_kernel_pair_and_he_counts_the_inputs_each_output_sums():
+    up = ConvTranspose2d("up", 16, 8, (4, 6), stride=2, init="he", rng=0)
+    assert up.W.shape == (16, 8, 4, 6)
+    assert up.W.std() == pytest.approx(np.sqrt(2 / (16 * 4 * 6 / 4)), rel=0.1)   # 16 * (4/2) * (6/2) inputs each
+    with pytest.raises(ValueError, match=r"square kernel.*4x6"):
+        ConvTranspose2d("up", 8, 8, (4, 6), stride=2)
+
+
+def test_dropout_takes_numpy_integer_seeds_like_python_ints(rng):
+    from minifcn.ops import dropout_forward
+    x = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
+    np.testing.assert_array_equal(dropout_forward(x, 0.5, True, np.int64(3))[0], dropout_forward(x, 0.5, True, 3)[0])

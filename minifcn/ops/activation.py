@@ -1,4 +1,6 @@
 """ReLU and dropout, forward and backward side by side. Any shape; the output has the input's shape."""
+import numbers
+
 from ..backend import check_inputs
 
 
@@ -27,7 +29,7 @@ def dropout_forward(x, p=0.5, train=True, rng=None):
         raise ValueError(f"dropout: p must be in [0, 1), got {p}")
     if not train or p == 0:
         return x, None
-    if rng is None or isinstance(rng, int):
+    if rng is None or isinstance(rng, numbers.Integral):          # a seed: Python's int or NumPy's int64 alike
         rng = xp.random.default_rng(rng)
     mask = (rng.random(x.shape, dtype=x.dtype) >= p) * x.dtype.type(1 / (1 - p))   # 0 or 1/(1-p)
     return x * mask, mask
