@@ -358,7 +358,8 @@ def main(argv=None):
     batch_iter = batches(train_set, args.batch_size, shuffle=True, seed=args.seed, crop_size=args.crop_size,
                          mirror=True, preprocessing=net.preprocessing, start=start)
     progress = Progress(total, start)
-    state = {"iter": start, "best_mean_iu": best, "args": vars(args), "total": total}
+    saved = {**vars(args), **{k: os.path.abspath(getattr(args, k)) for k in ("data_root", "init") if getattr(args, k)}}
+    state = {"iter": start, "best_mean_iu": best, "args": saved, "total": total}   # paths absolute: resume from anywhere
     it, t_last, pixels, t_timed = start, time.time(), 0, None
     workers = None
     try:

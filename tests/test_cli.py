@@ -293,6 +293,20 @@ def test_resume_alone_takes_the_runs_options_and_folder(tmp_path, monkeypatch, c
     assert train.parse_args(["--resume", str(part / "checkpoint.npz"), "--out", "elsewhere"]).out == "elsewhere"
 
 
+def test_resume_from_another_folder_finds_a_relative_data_root(tmp_path, monkeypatch):
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    (tmp_path / "data" / "masks").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    for n in "ab":
+        Image.fromarray(np.full((24, 24, 3), 60, np.uint8)).save(tmp_path / "data" / "images" / f"{n}.png")
+        Image.fromarray(np.eye(24, dtype=np.uint8), mode="L").save(tmp_path / "data" / "masks" / f"{n}.png")
+    monkeypatch.chdir(tmp_path)
+    assert train.main([*TINY, "--dataset", "folder", "--data-root", "data", "--iters", "2", "--out", "run"]) == 0
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert train.main(["--resume", "../run/checkpoint.npz", "--iters", "3"]) == 0
+    assert train.saved_args("../run/checkpoint.npz")["data_root"] == str(tmp_path / "data")
+
+
 @pytest.mark.parametrize("flag, value", [("--iters", "0"), ("--iters", "-3"), ("--epochs", "0"), ("--val-every", "0"),
                                          ("--checkpoint-every", "0"), ("--log-every", "0"), ("--batch-size", "0"),
                                          ("--val-images", "0"), ("--lr", "-0.1"), ("--lr-step", "0")])
