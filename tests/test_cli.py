@@ -3,12 +3,14 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from minifcn import cli, evaluate, models, predict, train
+from minifcn.layers import Dropout
 from minifcn.ops import softmax_cross_entropy
 
 TINY = ["--backbone", "vgg16-tiny", "--image-size", "24", "--batch-size", "2", "--val-images", "4",
@@ -374,3 +376,18 @@ def test_python_m_minifcn_lists_jobs_that_exist():
     for job, _ in JOBS:
         assert f"python -m minifcn.{job} " in out
         assert importlib.util.find_spec(f"minifcn.{job}") is not None, job
+
+
+def test_each_iteration_draws_its_own_dropout_masks():
+    net = models.build("fcn32s", num_classes=3, backbone="vgg16-tiny", dropout=0.5, seed=0)
+    dropouts = [(i, layer) for i, layer in enumerate(net.layers) if isinstance(layer, Dropout) and layer.p > 0]
+    args = SimpleNamespace(seed=0, loss="mean", workers=1)
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    labels = np.zeros((1, 8, 8), np.int64)
+
+    def masks(it):
+        train._step(net, None, dropouts, x, labels, args, it)
+        return [layer.cache[1].copy() for _, layer in dropouts]        # the cache is ("mask", mask)
+    first, again, second = masks(0), masks(0), masks(1)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))      # iteration 0's masks, reproducibly
+    assert not any(np.array_equal(a, b) for a, b in zip(first, second))  # and new ones at iteration 1

@@ -467,3 +467,15 @@ def test_a_frozen_gradient_from_a_plain_pass_does_not_linger_after_a_fast_one():
     assert "upscore.W" in net.grads
     net.backward(np.ones_like(net.forward(x, train=True)))
     assert "upscore.W" not in net.grads
+
+
+def test_conv2d_in_bands_with_unequal_pads_and_strides_equals_the_plain_op():
+    rng = np.random.default_rng(0)
+    x, w, b = rng.standard_normal((2, 3, 9, 7)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+    for stride, pad in [(1, (3, 1)), (1, (0, 2)), (2, (1, 2)), ((2, 1), (2, 0))]:   # F > C: dx by col2im
+        out, cache = fast.conv2d_forward(x, w, b, stride, pad)
+        want, want_cache = ops.conv2d_forward(x, w, b, stride, pad)
+        np.testing.assert_allclose(out, want, rtol=1e-10, atol=1e-10)
+        dout = rng.standard_normal(out.shape)
+        for got, ref in zip(fast.conv2d_backward(dout, cache), ops.conv2d_backward(dout, want_cache)):
+            np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-10)

@@ -117,3 +117,15 @@ def test_sizes_refuse_a_crop_that_does_not_fit():
         G.sizes(specs, 10)
     with pytest.raises(ValueError, match="too small"):
         G.sizes([G.conv("c", 7)], 3)
+
+
+@pytest.mark.parametrize("k, s", [(3, 2), (5, 2), (5, 3), (4, 2)])
+def test_deconv_receptive_field_is_the_most_inputs_one_output_sees(k, s):
+    n = 6
+    reach = []                                                   # reach[j]: the outputs input pixel j touches
+    for j in range(n):
+        x = np.zeros((1, 1, 1, n)); x[0, 0, 0, j] = 1
+        out, _ = ops.conv_transpose2d_forward(x, np.ones((1, 1, 1, k)), None, (1, s), 0)
+        reach.append(set(np.flatnonzero(out[0, 0, 0])))
+    seen = max(sum(o in r for r in reach) for o in range(max(map(max, reach)) + 1))
+    assert G.trace([G.deconv("up", k, s)])["up"].rf == seen

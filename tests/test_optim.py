@@ -89,3 +89,17 @@ def test_adam_two_steps_by_hand():
     np.testing.assert_allclose(params["fc6.b"], [0.5 - 2 * 0.1 - 2 * 0.1], rtol=1e-7)  # constant g: steps of lr
     assert params["upscore.W"][0] == 3.0
     assert opt.t == 2
+
+
+def test_poly_raises_the_remaining_fraction_to_power():
+    # the default power 0.9 (train's poly schedule), not 1.0 where any exponent agrees
+    assert learning_rate(0.1, 50, "poly", max_iter=100) == pytest.approx(0.1 * 0.5 ** 0.9)
+    assert learning_rate(0.1, 75, "poly", max_iter=100, power=2.0) == pytest.approx(0.1 * 0.25 ** 2)
+
+
+def test_adam_adds_eps_to_the_square_root_not_under_it():
+    params = {"a.W": np.array([1.0])}
+    opt = Adam(params, lr=0.1, eps=0.1, weight_decay=0.0)
+    opt.step({"a.W": np.array([0.2])})
+    # step 1: m_hat = g, sqrt(s_hat) = |g|; w -= lr * g / (|g| + eps)
+    np.testing.assert_allclose(params["a.W"], [1.0 - 0.1 * 0.2 / (0.2 + 0.1)])

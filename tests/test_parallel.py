@@ -4,11 +4,13 @@ import json
 import multiprocessing
 import os
 import signal
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from minifcn import models, parallel, train
+from minifcn.layers import Dropout
 from minifcn.ops import softmax_cross_entropy
 
 K = 6
@@ -220,3 +222,20 @@ def test_resume_with_another_worker_count_says_it_is_not_exact(tmp_path, capsys)
     assert train.main([*TINY, "--iters", "2", "--workers", "1", "--out", str(tmp_path),
                        "--resume", str(tmp_path / "checkpoint.npz")]) == 0
     assert "trained with --workers 2, this run uses 1" in capsys.readouterr().err
+
+
+def test_one_image_on_two_workers_draws_the_masks_one_process_would():
+    """A batch of one image goes to rank 0 alone: the same step, dropout masks included, as one process."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 3, 20, 20)).astype(np.float32)
+    labels = rng.integers(0, K, (1, 20, 20))
+    args = SimpleNamespace(seed=0, loss="mean", workers=2)
+    one = tiny_net(dropout=0.5)
+    dropouts = [(i, layer) for i, layer in enumerate(one.layers) if isinstance(layer, Dropout) and layer.p > 0]
+    ref_loss, ref = train._step(one, None, dropouts, x, labels, args, 3)
+    net = tiny_net(dropout=0.5)
+    with parallel.DataParallel(net, 2) as dp:
+        loss, grads = train._step(net, dp, dropouts, x, labels, args, 3)
+    assert loss == pytest.approx(ref_loss, rel=1e-5)
+    for k in grads:
+        np.testing.assert_allclose(grads[k], ref[k], rtol=2e-4, atol=1e-5 * float(np.abs(ref[k]).max()), err_msg=k)

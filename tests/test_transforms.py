@@ -146,3 +146,34 @@ def test_batches_are_deterministic_and_resume_exactly():
     for (x, y), (x2, y2) in zip(run[6:], resumed):
         assert np.array_equal(x, x2) and np.array_equal(y, y2)
     assert any(not np.array_equal(a[1], b[1]) for a, b in zip(run, other))
+
+
+def test_random_crop_reaches_every_offset_both_ends_included():
+    label = (np.arange(5)[:, None] * 10 + np.arange(6)[None, :]).astype(np.uint8)   # label[y, x] = 10y + x
+    image = np.stack([label] * 3, axis=-1)
+    starts = set()
+    for seed in range(60):
+        _, out = crop_or_pad(image, label, (3, 4), rng=np.random.default_rng(seed))
+        starts.add(divmod(int(out[0, 0]), 10))                                      # (row, column) offset
+    assert {y for y, _ in starts} == {0, 1, 2} and {x for _, x in starts} == {0, 1, 2}
+
+
+def test_each_epoch_draws_its_own_crop_and_mirror():
+    label = np.random.default_rng(0).integers(0, 5, (9, 11)).astype(np.uint8)
+    dataset = [(np.stack([label] * 3, axis=-1), label)]                           # one item: one per epoch
+    seen = [y[0].tobytes() for _, y in batches(dataset, 1, crop_size=(6, 7), mirror=True, seed=0, epochs=8)]
+    assert len(set(seen)) > 1, "every epoch crops and mirrors the item the same way"
+
+
+def test_random_mirror_flips_with_probability_p():
+    image, label = np.arange(6, dtype=np.uint8).reshape(1, 2, 3), np.array([[1, 2]], np.uint8)
+    rng = np.random.default_rng(0)
+    assert all(random_mirror(image, label, rng, p=1.0)[1].tolist() == [[2, 1]] for _ in range(20))
+    assert all(random_mirror(image, label, rng, p=0.0)[1].tolist() == [[1, 2]] for _ in range(20))
+
+
+def test_resize_image_blends_neighbours():
+    image = np.zeros((2, 2, 3), np.uint8)
+    image[:, 1] = 255                                              # a black and a white column
+    out = resize_image(image, (2, 8))
+    assert ((out > 0) & (out < 255)).any(), "bilinear resizing makes greys between the columns"
