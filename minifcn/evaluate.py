@@ -1,7 +1,10 @@
 """python -m minifcn.evaluate CHECKPOINT: the paper's four metrics over a whole split.
 
-    python -m minifcn.evaluate runs/train/checkpoint.npz                      # built-in shapes, val split
+    python -m minifcn.evaluate runs/train/checkpoint.npz                      # the run's own validation set
     python -m minifcn.evaluate fcn8s.npz --dataset voc --data-root VOCdevkit/VOC2012 --split val --save-vis vis/
+
+Without --dataset, a checkpoint of python -m minifcn.train is scored on the validation set its run used
+(dataset, data root and split, as saved in it); any other weight file on the built-in shapes' val split.
 
 One confusion matrix is accumulated over every image of the split (not averaged per image), then
 pixel accuracy, mean accuracy, mean IU and frequency-weighted IU are read off it, with the IU of
@@ -25,9 +28,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m minifcn.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="a file written by net.save or by python -m minifcn.train")
-    p.add_argument("--dataset", default="shapes", choices=["shapes", "voc", "sbd", "seg11valid", "folder"])
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--split", default="val")
+    p.add_argument("--dataset", default=None, choices=["shapes", "voc", "sbd", "seg11valid", "folder"],
+                   help="default: the run's validation set (a training checkpoint), else shapes")
+    p.add_argument("--data-root", default=None, help="default: the run's, for the dataset it trained or validated on")
+    p.add_argument("--split", default=None, help="default: the run's validation split, else val")
     p.add_argument("--image-size", type=int, default=None,
                    help="shapes: generated image size (default: the one the checkpoint was trained at, else "
                         f"{DEFAULT_IMAGE_SIZE}, train's default)")
@@ -39,6 +43,7 @@ def main(argv=None):
     if args.limit is not None and args.limit < 1:
         p.error(f"--limit must be at least 1 image, got {args.limit}")
 
+    _from_the_run(args, saved_args(args.checkpoint))
     net = models.load(args.checkpoint, device=args.device)
     options = {"size": args.image_size or _trained_image_size(args.checkpoint)} if args.dataset == "shapes" else {}
     if args.dataset == "folder" and not _has_class_list(args.data_root):
@@ -62,6 +67,19 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump({k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in result.items()}, f, indent=1)
     return 0
+
+
+def _from_the_run(args, run):
+    """Fill in --dataset, --data-root and --split left out from the training run's options `run` ({} for a file
+    that is not a training checkpoint): by default a run is scored on its own validation set."""
+    val_dataset = run.get("val_dataset") or run.get("dataset")
+    if args.dataset is None:
+        args.dataset = val_dataset or "shapes"
+        if args.split is None and val_dataset:
+            args.split = run.get("val_split")
+    if args.data_root is None and args.dataset in (val_dataset, run.get("dataset")):
+        args.data_root = run.get("data_root")
+    args.split = args.split or "val"
 
 
 def _trained_image_size(path, default=DEFAULT_IMAGE_SIZE):

@@ -307,6 +307,7 @@ def test_resume_from_another_folder_finds_a_relative_data_root(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path / "elsewhere")
     assert train.main(["--resume", "../run/checkpoint.npz", "--iters", "3"]) == 0
     assert train.saved_args("../run/checkpoint.npz")["data_root"] == str(tmp_path / "data")
+    assert evaluate.main(["../run/checkpoint.npz"]) == 0                 # the run's own validation set, found too
 
 
 @pytest.mark.parametrize("flag, value", [("--iters", "0"), ("--iters", "-3"), ("--epochs", "0"), ("--val-every", "0"),
