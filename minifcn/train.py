@@ -24,9 +24,9 @@ each change and keeps the number in the checkpoints, so that --resume continues 
 machine fits all 11,000; a slower one fits fewer and ends with a lower mean IU. Pass --iters for a run of a fixed
 length on any machine.
 
-Written to --out: log.jsonl (one JSON object per logged iteration and per validation), curves.png,
-checkpoint.npz (every --checkpoint-every iterations and at the end; atomically, so a crash or
-Ctrl-C never leaves a broken one) and best.npz (the best validation mean IU so far).
+Written to --out: log.jsonl (one JSON object every --log-every iterations, with the mean loss over them, and one
+per validation), curves.png, checkpoint.npz (every --checkpoint-every iterations and at the end; atomically, so a
+crash or Ctrl-C never leaves a broken one) and best.npz (the best validation mean IU so far).
 """
 import argparse
 import json
@@ -361,6 +361,7 @@ def main(argv=None):
     saved = {**vars(args), **{k: os.path.abspath(getattr(args, k)) for k in ("data_root", "init") if getattr(args, k)}}
     state = {"iter": start, "best_mean_iu": best, "args": saved, "total": total}   # paths absolute: resume from anywhere
     it, t_last, pixels, t_timed = start, time.time(), 0, None
+    losses = []                                      # since the last log line: the logged loss is their mean
     workers = None
     try:
         if args.workers > 1:
@@ -384,6 +385,7 @@ def main(argv=None):
                         f"--lr {args.lr:g}). The last good checkpoint is kept: {ckpt_path}")
                 opt.step(grads, lr)
                 it += 1
+                losses.append(loss)
                 pixels += int(np.prod(labels.shape))
                 if budget and it == CALIBRATE[0]:
                     t_timed = time.monotonic()
@@ -394,7 +396,7 @@ def main(argv=None):
                 if it % args.log_every == 0 or it == total:
                     now = time.time()
                     speed = pixels / max(now - t_last, 1e-9)
-                    t_last, pixels = now, 0
+                    t_last, pixels, loss, losses = now, 0, sum(losses) / len(losses), []
                     log.write(json.dumps({"iter": it, "loss": loss, "lr": lr, "pixels_per_s": speed}) + "\n")
                     log.flush()
                     progress.update(it, loss, speed, force=it % (args.log_every * 10) == 0)

@@ -295,6 +295,15 @@ def test_resume_alone_takes_the_runs_options_and_folder(tmp_path, monkeypatch, c
     assert train.parse_args(["--resume", str(part / "checkpoint.npz"), "--out", "elsewhere"]).out == "elsewhere"
 
 
+def test_the_logged_loss_is_the_mean_since_the_last_log_line(tmp_path):
+    def losses(every):
+        assert train.main([*TINY, "--iters", "4", "--val-every", "100", "--log-every", every,
+                           "--out", str(tmp_path / every)]) == 0
+        return [r["loss"] for r in map(json.loads, open(tmp_path / every / "log.jsonl")) if "loss" in r]
+    each, pairs = losses("1"), losses("2")
+    assert len(each) == 4 and pairs == pytest.approx([(each[0] + each[1]) / 2, (each[2] + each[3]) / 2])
+
+
 def test_resume_from_another_folder_finds_a_relative_data_root(tmp_path, monkeypatch):
     (tmp_path / "data" / "images").mkdir(parents=True)
     (tmp_path / "data" / "masks").mkdir()
