@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 
 from minifcn import assignments, grade
+import numpy as np
+from minifcn.gradcheck import gradcheck
+from minifcn.ops import conv2d_backward, conv2d_forward
 
 ROOT = Path(__file__).resolve().parents[1]
 TOTAL = sum(c.points for c in grade.CHECKS)
@@ -125,3 +128,57 @@ def test_a_package_that_does_not_import_fails_once_not_per_assignment(tmp_path):
     rows = grade.grade(tmp_path, timeout=3)                  # one time limit in all, not one per assignment
     assert len(rows) == len(grade.CHECKS) and sum(r["score"] for r in rows) == 0
     assert all("did not import within 3 s" in r["output"] for r in rows)
+
+
+def test_a_broken_im2col_does_not_sink_the_convolutions_marks(tmp_path):
+    """Each assignment runs on the reference's functions for the others: A2 uses the reference im2col."""
+    solved_copy(tmp_path, "im2col.py", "    return cols.reshape(N, C * KH * KW, OH * OW)",
+                "    return -cols.reshape(N, C * KH * KW, OH * OW)")
+    rows = grade.grade(tmp_path, only=["A2"])
+    assert sum(r["score"] for r in rows) == points("A2"), [r["output"] for r in rows if r["score"] < r["max_score"]]
+
+
+def test_the_seed_draws_the_hidden_cases(tmp_path, monkeypatch):
+    """--seed (a new one each term) must reach every check's random cases; the same seed, the same cases."""
+    drawn = grade.Check("Z.1", "Z", "draws a number", 1, lambda s, rng: str(rng.integers(1 << 62)), hidden=True)
+    monkeypatch.setattr(grade, "CHECKS", grade.CHECKS + [drawn])
+
+    def draw(seed):
+        grade.grade_here(assignments.PACKAGE, "Z", seed, tmp_path / "rows.json")
+        return json.loads((tmp_path / "rows.json").read_text())[0]["output"]
+    assert draw(1) == draw(1) != draw(2)
+
+
+def test_nan_never_passes_a_comparison():
+    with pytest.raises(AssertionError):
+        grade.close("x", np.array([np.nan, 1.0]), np.ones(2))
+    with pytest.raises(AssertionError):
+        grade.close("x", np.full(2, np.nan), np.ones(2))
+
+
+def _conv_result(poison):
+    rng = np.random.default_rng(0)
+    a = dict(x=rng.standard_normal((1, 2, 4, 4)), W=rng.standard_normal((3, 2, 3, 3)), b=rng.standard_normal(3))
+
+    def backward(dout, cache):
+        dx, dW, db = conv2d_backward(dout, cache)
+        return poison(dx.copy()), dW, db
+    return gradcheck(conv2d_forward, backward, a, pad=1)
+
+
+def test_a_gradient_that_is_all_nan_fails_its_check():
+    with pytest.raises((AssertionError, ValueError)):                   # (ValueError: nanargmax of all NaN)
+        grade.grad_ok(_conv_result(lambda dx: dx * np.nan), "x")
+    assert "agrees" in grade.grad_ok(_conv_result(lambda dx: dx), "x")
+
+
+def _one_nan(dx):
+    dx[0, 0, 1, 1] = np.nan
+    return dx
+
+
+@pytest.mark.xfail(strict=True, reason="bug: gradcheck marks unchecked entries NaN, so grad_ok's nanmax also skips "
+                                       "a NaN the student's backward returns at a checked entry")
+def test_a_gradient_with_one_nan_fails_its_check():
+    with pytest.raises(AssertionError):
+        grade.grad_ok(_conv_result(_one_nan), "x")

@@ -12,6 +12,8 @@ from PIL import Image
 from minifcn import cli, evaluate, models, predict, train
 from minifcn.layers import Dropout
 from minifcn.ops import softmax_cross_entropy
+from minifcn.data import ShapesDataset, TORCHVISION_VGG, palette, preprocess
+from minifcn.viz import overlay
 
 TINY = ["--backbone", "vgg16-tiny", "--image-size", "24", "--batch-size", "2", "--val-images", "4",
         "--log-every", "1", "--seed", "3", "--workers", "1"]       # one process (tests/test_parallel.py: more)
@@ -401,3 +403,94 @@ def test_each_iteration_draws_its_own_dropout_masks():
     first, again, second = masks(0), masks(0), masks(1)
     assert all(np.array_equal(a, b) for a, b in zip(first, again))      # iteration 0's masks, reproducibly
     assert not any(np.array_equal(a, b) for a, b in zip(first, second))  # and new ones at iteration 1
+
+
+def scored_net(K, seed=0):
+    """A tiny FCN-8s whose score layers are random (a fresh one scores every pixel alike)."""
+    net = models.build("fcn8s", num_classes=K, backbone="vgg16-tiny", dropout=0, seed=seed)
+    rng = np.random.default_rng(seed)
+    for key in [k for k in net.params if k.startswith("score")]:
+        net.params[key] = rng.normal(0, 1, net.params[key].shape).astype(np.float32)
+    return net
+
+
+def argmax(net, image, meta):
+    return net.forward(preprocess(image, meta)[None]).argmax(axis=1)[0]
+
+
+def test_evaluate_adds_up_one_confusion_matrix_over_the_split_and_shows_each_image_its_truth():
+    net, ds = scored_net(6), ShapesDataset("val", size=24, num_images=3)
+    seen = []
+    hist, result = train.evaluate(net, ds, visit=lambda *a: seen.append(a))
+    want = np.zeros((6, 6), np.int64)
+    assert [a[0] for a in seen] == [0, 1, 2]
+    for i, image, label, pred in seen:
+        np.testing.assert_array_equal(image, ds[i][0])
+        np.testing.assert_array_equal(label, ds[i][1])
+        np.testing.assert_array_equal(pred, argmax(net, image, net.preprocessing))
+        np.add.at(want, (label.ravel().astype(int), pred.ravel()), 1)
+    np.testing.assert_array_equal(hist, want)                            # every image's pixels, pooled
+    assert result["pixel_acc"] == np.trace(want) / want.sum()
+
+
+def test_evaluate_generates_the_shapes_at_the_checkpoints_image_size(tmp_path, capsys):
+    ckpt = scored_net(6).save(tmp_path / "c.npz", extra={"__train__": np.array(json.dumps({"args": {"image_size": 24}}))})
+    assert evaluate.main([ckpt, "--limit", "1"]) == 0
+    assert "1 images, 576 labelled pixels" in capsys.readouterr().out    # 24 x 24, not the default 160 x 160
+
+
+def test_predict_writes_the_nets_classes_in_voc_colours_and_the_overlay_at_alpha(tmp_path):
+    net = scored_net(4)
+    net.preprocessing = dict(TORCHVISION_VGG)                            # the file's, not the default Caffe one
+    ckpt = net.save(tmp_path / "net.npz")
+    image = np.random.default_rng(1).integers(0, 256, (37, 45, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "im.png")
+    assert predict.main([ckpt, str(tmp_path / "im.png"), "--out", str(tmp_path / "out"), "--alpha", "0.3"]) == 0
+    want = argmax(net, image, TORCHVISION_VGG)
+    assert len(np.unique(want)) > 1
+    png = Image.open(tmp_path / "out" / "im.png")
+    assert png.mode == "P"
+    np.testing.assert_array_equal(np.asarray(png), want)
+    np.testing.assert_array_equal(np.asarray(png.convert("RGB")), palette()[want])
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "im_overlay.png")), overlay(image, want, 0.3))
+
+
+def test_best_npz_keeps_the_best_validation_not_the_last(tmp_path, monkeypatch):
+    real, ious = train.evaluate, iter([0.5, 0.3, 0.4])
+
+    def scripted(net, dataset, **kw):                                     # validations at 2, 4, 6 score these
+        hist, result = real(net, dataset, **kw)
+        return hist, {**result, "mean_iu": next(ious)}
+    monkeypatch.setattr(train, "evaluate", scripted)
+    assert run_train(tmp_path, "--iters", "6", "--val-every", "2", "--checkpoint-every", "100") == 0
+    best = json.loads(str(np.load(tmp_path / "best.npz")["__train__"]))
+    assert best["iter"] == 2 and best["best_mean_iu"] == 0.5
+
+
+def test_an_infinite_loss_stops_training_like_nan(tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def infinite_at_3(*a, **kw):
+        calls.append(1)
+        loss, dscores = softmax_cross_entropy(*a, **kw)
+        return (float("inf") if len(calls) == 3 else loss), dscores
+    monkeypatch.setattr(train, "softmax_cross_entropy", infinite_at_3)
+    assert run_train(tmp_path, "--iters", "5", "--val-every", "100", "--checkpoint-every", "2") == 1
+    assert "the loss became inf at iteration 2" in capsys.readouterr().err
+    assert json.loads(str(np.load(tmp_path / "checkpoint.npz")["__train__"]))["iter"] == 2
+
+
+def test_resume_drops_the_log_lines_written_after_its_checkpoint(tmp_path, monkeypatch):
+    args = ["--iters", "4", "--val-every", "100", "--checkpoint-every", "2"]
+    calls = []
+
+    def interrupted_at_4(*a, **kw):                                       # log: iterations 1-3, checkpoint: 2
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return softmax_cross_entropy(*a, **kw)
+    monkeypatch.setattr(train, "softmax_cross_entropy", interrupted_at_4)
+    assert run_train(tmp_path, *args) == 130
+    monkeypatch.undo()
+    assert run_train(tmp_path, *args, "--resume", str(tmp_path / "checkpoint.npz")) == 0
+    assert [r["iter"] for r in map(json.loads, open(tmp_path / "log.jsonl")) if "loss" in r] == [1, 2, 3, 4]

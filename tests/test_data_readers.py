@@ -240,3 +240,39 @@ def test_sbd_bad_mat_and_missing_scipy(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "scipy.io", None)                   # as if scipy were not installed
     with pytest.raises(ImportError, match=r"pip install scipy"):
         ds[0]
+
+
+def test_a_mask_value_equal_to_the_class_count_is_refused(tmp_path):
+    """With K classes the ids are 0..K-1: the value K itself is outside (evaluation would count it as void,
+    silently), and 255 is void."""
+    mask = np.zeros((4, 5), np.uint8)
+    mask[0, 0], mask[1, 1] = 3, 255
+    Image.fromarray(mask, mode="L").save(tmp_path / "m.png")
+    assert read_mask(tmp_path / "m.png", 4)[0, 0] == 3
+    with pytest.raises(DataError, match=r"m\.png.*\[3\].*3 classes"):
+        read_mask(tmp_path / "m.png", 3)
+
+
+def test_folder_takes_images_whatever_the_case_of_their_suffix(tmp_path):
+    """Cameras write NAME.JPG: such images are in the dataset, paired with masks/NAME.png."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for name in ("a.JPG", "b.Png", "c.jpeg"):
+        Image.fromarray(np.full((6, 7, 3), 40, np.uint8)).save(tmp_path / "images" / name,
+                                                                format="PNG" if "png" in name.lower() else "JPEG")
+        Image.fromarray(np.eye(6, 7, dtype=np.uint8), mode="L").save(tmp_path / "masks" / f"{name.split('.')[0]}.png")
+    ds = get_dataset("folder", root=tmp_path, num_classes=2)
+    assert ds.ids == ["a", "b", "c"] and ds[0][0].shape == (6, 7, 3)
+
+
+def test_folder_class_names_and_num_classes_must_agree(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(np.zeros((6, 6, 3), np.uint8)).save(tmp_path / "images" / "a.png")
+    Image.fromarray(np.eye(6, dtype=np.uint8), mode="L").save(tmp_path / "masks" / "a.png")
+    with pytest.raises(ValueError, match=r"3 classes asked for.*4 class names.*make them agree"):
+        get_dataset("folder", root=tmp_path, num_classes=3, class_names=["bg", "a", "b", "c"])
+    (tmp_path / "classes.txt").write_text("background\ncat\n")
+    with pytest.raises(ValueError, match=r"5 classes asked for.*2 class names"):
+        get_dataset("folder", root=tmp_path, num_classes=5)
+    assert get_dataset("folder", root=tmp_path, num_classes=2).class_names == ["background", "cat"]

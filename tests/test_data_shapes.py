@@ -116,3 +116,41 @@ def test_a_cached_dataset_gives_the_same_scenes_read_only_and_the_same_batches()
                                                                                           crop_size=20), range(7)):
         np.testing.assert_array_equal(x0, x1)
         np.testing.assert_array_equal(y0, y1)
+
+
+def test_the_label_follows_the_paint_in_flat_scenes():
+    """With texture=0 every object is one flat colour, distinct from the others': each colour then marks one
+    class, whichever object was painted last on an overlap (the label must follow the image there)."""
+    for i in range(40):
+        image, label = render(0, "train", i, 48, max_objects=6, min_radius=0.25, max_radius=0.4, texture=0)
+        colours, inverse = np.unique(image.reshape(-1, 3), axis=0, return_inverse=True)
+        inverse = inverse.ravel()
+        for c in range(len(colours)):
+            assert len(np.unique(label.ravel()[inverse == c])) == 1, f"scene {i}: colour {colours[c]} has two labels"
+
+
+def test_objects_stand_out_from_the_background_and_from_each_other():
+    """Each object's colour is the farthest of 8 candidates from the colours already in the scene: in flat
+    scenes no two colours are closer than a few grey levels (random colours would be, now and then)."""
+    closest = []
+    for i in range(60):
+        image, _ = render(0, "train", i, 32, max_objects=4, texture=0)
+        colours = np.unique(image.reshape(-1, 3), axis=0).astype(float)
+        d = np.linalg.norm(colours[:, None] - colours[None], axis=-1) + np.eye(len(colours)) * 1e9
+        closest.append(d.min())
+    assert min(closest) > 40, sorted(closest)[:5]
+
+
+def test_wide_images_spread_round_objects_over_the_whole_width():
+    """Geometry is in units of the shorter side: in a 48 x 96 image a disc is as wide as it is tall, and
+    objects reach the right-hand quarter too."""
+    right, ratios = 0, []
+    for i in range(40):
+        _, label = render(0, "val", i, (48, 96), max_objects=1, texture=0)
+        rows, cols = np.nonzero(label)
+        if not rows.size:
+            continue
+        right += cols.max() >= 72
+        ratios.append((cols.max() - cols.min() + 1) / (rows.max() - rows.min() + 1))
+    assert right >= 5
+    assert max(ratios) < 1.5, max(ratios)         # bounding boxes of rotated shapes cut by the frame, never stretched

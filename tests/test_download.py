@@ -12,6 +12,8 @@ from PIL import Image
 
 from minifcn.data import get_dataset, palette
 from minifcn.data.download import ChecksumError, Progress, download, extract, fetch, main
+import urllib.error
+from minifcn.data import download as dl
 
 
 def fabricated_voc_archive():
@@ -172,3 +174,47 @@ def test_command_line(server, tmp_path, capsys):
     out, err = capsys.readouterr()
     assert "ready in" in out and "100.0%" in err
     assert (tmp_path / "VOCdevkit" / "VOC2012" / "JPEGImages" / "2007_000001.jpg").is_file()
+
+
+def test_an_http_error_on_resume_keeps_the_partial_file(tmp_path, monkeypatch):
+    """Only 416 means 'already whole': a 503 while resuming is an error that leaves the .part for the next
+    run (not a checksum failure that deletes it)."""
+    part = tmp_path / "archive.tgz.part"
+    part.write_bytes(ARCHIVE[:1000])
+
+    def unavailable(request, timeout):
+        raise urllib.error.HTTPError(request.full_url, 503, "Service Unavailable", {}, None)
+    monkeypatch.setattr(urllib.request, "urlopen", unavailable)
+    with pytest.raises(RuntimeError, match="HTTP 503"):
+        download("http://127.0.0.1:9/archive.tgz", tmp_path / "archive.tgz", md5=MD5, progress=False)
+    assert part.read_bytes() == ARCHIVE[:1000]
+
+
+def test_the_checksum_is_compared_whatever_its_case(server, tmp_path):  # noqa: F811
+    download(server.url, tmp_path / "archive.tgz", md5=MD5.upper(), progress=False)
+    assert (tmp_path / "archive.tgz").read_bytes() == ARCHIVE
+
+
+def test_a_file_already_at_dest_is_checked(server, tmp_path):  # noqa: F811
+    dest = tmp_path / "archive.tgz"
+    dest.write_bytes(ARCHIVE)
+    download(server.url, dest, md5=MD5, progress=False)                   # right: kept, nothing fetched
+    assert server.ranges == [] and dest.read_bytes() == ARCHIVE
+    dest.write_bytes(b"another file under the archive's name")
+    with pytest.raises(ChecksumError, match=r"archive\.tgz: md5"):
+        download(server.url, dest, md5=MD5, progress=False)
+    assert not dest.exists()
+
+
+def test_unpacked_once_and_again_only_when_the_folder_is_gone(server, tmp_path, monkeypatch):  # noqa: F811
+    where = fetch("voc2012", tmp_path, url=server.url, md5=MD5, progress=False)
+    extract = dl.extract
+    monkeypatch.setattr(dl, "extract", lambda *a: pytest.fail("unpacked twice"))
+    assert fetch("voc2012", tmp_path, url=server.url, md5=MD5, progress=False) == where
+    monkeypatch.setattr(dl, "extract", extract)
+    (where / "ImageSets" / "Segmentation" / "val.txt").unlink()
+    for p in sorted(where.rglob("*"), reverse=True):                         # the user deleted the dataset
+        p.rmdir() if p.is_dir() else p.unlink()
+    where.rmdir()
+    assert fetch("voc2012", tmp_path, url=server.url, md5=MD5, progress=False) == where
+    assert (where / "ImageSets" / "Segmentation" / "val.txt").is_file() and server.ranges == [None]

@@ -377,3 +377,29 @@ def test_vgg16_files_are_not_fcn_files(tmp_path):
     path, _ = vgg16_file(tmp_path)
     with pytest.raises(ValueError, match="init=path"):
         load(path)
+
+
+def tiny32(**kw):
+    return models.build("fcn32s", num_classes=3, backbone="vgg16-tiny", **kw)
+
+
+def test_load_weights_copies_and_never_shares_the_sources_arrays():
+    """Net surgery from a net or a dict: training the new net in place must leave the source as it was
+    (and DataParallel relies on load_weights making new arrays)."""
+    src = tiny32(seed=1)
+    before = {k: v.copy() for k, v in src.params.items()}
+    for source in (src, dict(src.params)):
+        net = models.build("fcn16s", num_classes=3, backbone="vgg16-tiny", seed=2)
+        net.load_weights(source)
+        for k in net.params:
+            net.params[k] += 1                                         # an in-place optimiser step
+        for k, v in before.items():
+            np.testing.assert_array_equal(src.params[k], v, err_msg=k)
+
+
+def test_strict_loading_refuses_keys_the_net_does_not_have():
+    net = tiny32()
+    arrays = {**{k: v.copy() for k, v in net.params.items()}, "score_pool4.W": np.zeros((3, 32, 1, 1), np.float32)}
+    with pytest.raises(ValueError, match=r"(?s)not in the net\s+score_pool4\.W"):
+        tiny32().load_weights(arrays, strict=True)
+    assert not tiny32().load_weights(arrays).ok                           # surgery copies the rest and says so

@@ -239,3 +239,17 @@ def test_one_image_on_two_workers_draws_the_masks_one_process_would():
     assert loss == pytest.approx(ref_loss, rel=1e-5)
     for k in grads:
         np.testing.assert_allclose(grads[k], ref[k], rtol=2e-4, atol=1e-5 * float(np.abs(ref[k]).max()), err_msg=k)
+
+
+def test_step_returns_new_gradient_arrays_and_close_lets_the_workers_exit():
+    """The gradients a step returns are the caller's (the next step must not overwrite them in the workers'
+    blocks), and close() tells the workers to stop: they exit by themselves, status 0, not terminated."""
+    x, labels = batch()
+    with parallel.DataParallel(tiny_net(), 2) as dp:
+        _, grads = dp.step(x, labels, "mean")
+        kept = {k: v.copy() for k, v in grads.items()}
+        dp.step(x[::-1] * 2, labels[::-1], "mean")
+        for k, v in kept.items():
+            np.testing.assert_array_equal(grads[k], v, err_msg=k)
+        processes = list(dp.processes)
+    assert [p.exitcode for p in processes] == [0, 0]

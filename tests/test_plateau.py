@@ -5,6 +5,7 @@ from hypothesis import given, settings, strategies as st
 
 from minifcn import fast, geometry, ops, plateau
 from minifcn.models import build
+from dataclasses import replace
 
 NAMES = ["fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce"]
 
@@ -143,3 +144,13 @@ def test_the_pad_of_one_call_leaves_the_layer_alone():
     assert out.shape[2:] == (18, 18) and conv1_1.pad == 100
     want, _ = ops.conv2d_forward(np.zeros((1, 3, 4, 4), np.float32), conv1_1.W, conv1_1.b, 1, 8)
     np.testing.assert_allclose(out, want)
+
+
+def test_plans_are_cached_per_layer_list_not_per_size_alone():
+    """plan_axis is cached: the key must hold the specs, so a body whose conv1_1 pads 50 gets its own plan."""
+    net = build("fcn32s", num_classes=3, backbone="vgg16-tiny")
+    specs = tuple(geometry.spec_of(layer) for layer in net.body.up_to("pool3") if layer.name.startswith(("conv", "pool")))
+    other = (replace(specs[0], pad=50),) + specs[1:]
+    a, b = plateau.plan_body(specs, 40, 40), plateau.plan_body(other, 40, 40)
+    assert a != b                                  # the same image, 50 fewer padding rows: fewer copies put back
+    assert plateau.plan_body(other, 40, 40) == b and plateau.plan_body(specs, 40, 40) == a

@@ -384,3 +384,13 @@ def test_missing_unknown_and_misshapen_layers_are_named(tmp_path, rng):
           r"e\.caffemodel.*\['conv6'\].*no score_fr")
     check(lambda ls: [(n, t, [np.zeros((256, 257), np.float32), a[1]]) if n == "fc7" else (n, t, a)
                       for n, t, a in ls], r"e\.caffemodel.*fc7\.W.*\(256, 257\).*256 channels")
+
+
+def test_at_once_scale_layers_other_than_the_constants_are_refused(tmp_path):
+    """minifcn's FCN-8s at-once multiplies pool4 by 0.01 and pool3 by 0.0001, fixed; a caffemodel whose Scale
+    blobs hold anything else computes another function, so it must not load as fcn8s-atonce."""
+    layers = reference_fcn_layers(np.random.default_rng(0), "fcn8s-atonce")
+    layers = [(n, t, [np.full(32, 0.02, np.float32)]) if n == "scale_pool4" else (n, t, a) for n, t, a in layers]
+    (tmp_path / "atonce.caffemodel").write_bytes(net_bytes(layers))
+    with pytest.raises(ValueError, match=r"atonce\.caffemodel.*scale_pool4\.W is not the constant 0\.01"):
+        read_weights(tmp_path / "atonce.caffemodel")

@@ -19,6 +19,8 @@ from minifcn.convert import main as convert
 from minifcn.weights import imagenet_forward, load_npz, read_vgg16
 from minifcn.weights.torchvision import NAMES, read_state_dict
 from minifcn.weights.vgg16 import BLOCKS
+from minifcn.ops import conv2d_forward
+from minifcn.weights.torchvision import BN_EPS, NAMES_BN, RestrictedUnpickler, fold_batch_norm
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -335,3 +337,66 @@ def test_failed_conversion_leaves_no_dst(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"features\.0\.weight"):     # python -m: one line, exit status 2
         convert([str(src), str(dst)])
     assert sorted(os.listdir(tmp_path)) == ["e.pth"]          # no DST, no temporary file
+
+
+def test_batch_norm_folding_puts_eps_inside_the_square_root():
+    """running_var 0 (a channel that never fired) must give gamma / sqrt(0 + eps), as nn.BatchNorm2d does,
+    not gamma / (sqrt(0) + eps), which is 316 times larger; tiny variances likewise."""
+    rng = np.random.default_rng(0)
+    W, b = rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+    gamma, beta = rng.uniform(0.5, 2, 4), rng.standard_normal(4)
+    mean, var = rng.standard_normal(4), np.array([0.0, 1e-7, 1e-5, 2.0])
+    state = {"features.0.weight": W, "features.0.bias": b, "features.1.weight": gamma, "features.1.bias": beta,
+             "features.1.running_mean": mean, "features.1.running_var": var}
+    folded = fold_batch_norm(state, NAMES_BN, "test")
+    x = rng.standard_normal((1, 3, 6, 6))
+    y = conv2d_forward(x, W, b, pad=1)[0]
+    ref = gamma[:, None, None] * (y[0] - mean[:, None, None]) / np.sqrt(var + BN_EPS)[:, None, None] + beta[:, None, None]
+    out = conv2d_forward(x, folded["features.0.weight"].astype(np.float64), folded["features.0.bias"].astype(np.float64),
+                         pad=1)[0][0]
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-4 * np.abs(ref).max())
+
+
+def _zip_with_one_tensor(tmp_path, offset, size, stride):
+    """A torch zip holding tensor 'w' over a 4-float storage, with the given offset, size and stride (1-D)."""
+    K = lambda v: b"K" + bytes([v])                                            # noqa: E731 (BININT1)
+    pkl = (b"\x80\x02ccollections\nOrderedDict\n)RX\x01\x00\x00\x00wctorch._utils\n_rebuild_tensor_v2\n"
+           b"((X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x04tQ"
+           + K(offset) + K(size) + b"\x85" + K(stride) + b"\x85"
+           + b"\x89ccollections\nOrderedDict\n)RtRs.")
+    with zipfile.ZipFile(tmp_path / "edge.pth", "w") as z:
+        z.writestr("archive/data.pkl", pkl)
+        z.writestr("archive/data/0", np.arange(4, dtype="<f4").tobytes())
+    return tmp_path / "edge.pth"
+
+
+def test_a_tensor_reading_one_element_past_its_storage_is_refused(tmp_path):
+    """The bound is exact: size 2, stride 4 reads elements 0 and 4 of a 4-element storage (one past the end),
+    and offset 1, stride 3 reads 1 and 4; stride 3 from offset 0 (elements 0 and 3) is fine."""
+    for offset, stride in ((0, 4), (1, 3)):
+        with pytest.raises(ValueError, match=r"edge\.pth.*tensor 'w'.*reads past the end"):
+            read_state_dict(_zip_with_one_tensor(tmp_path, offset, 2, stride))
+    np.testing.assert_array_equal(read_state_dict(_zip_with_one_tensor(tmp_path, 0, 2, 3))["w"], [0.0, 3.0])
+
+
+def test_big_endian_zip_is_byte_swapped(tmp_path):
+    """A file written on a big-endian machine says so in '<archive>/byteorder' and holds big-endian storages:
+    the same tensors, once swapped."""
+    torch = pytest.importorskip("torch")
+    sd = {"w": torch.randn(3, 4), "half": torch.randn(5).half(), "long": torch.arange(-3, 4), "d": torch.randn(2).double()}
+    torch.save(sd, tmp_path / "little.pth")
+    with zipfile.ZipFile(tmp_path / "little.pth") as src, zipfile.ZipFile(tmp_path / "big.pth", "w") as dst:
+        prefix = next(n for n in src.namelist() if n.endswith("data.pkl"))[:-len("data.pkl")]
+        unpickler = RestrictedUnpickler(io.BytesIO(src.read(prefix + "data.pkl")), "little.pth")
+        unpickler.load()                                          # which dtype each storage holds
+        for name in src.namelist():
+            data = src.read(name)
+            if name.startswith(prefix + "data/"):
+                data = np.frombuffer(data, unpickler.storages[name.rsplit("/", 1)[1]].type.dtype).byteswap().tobytes()
+            if name != prefix + "byteorder":
+                dst.writestr(name, data)
+        dst.writestr(prefix + "byteorder", "big")
+    out = read_state_dict(tmp_path / "big.pth")
+    for k, v in sd.items():
+        assert out[k].dtype == v.numpy().dtype, k
+        np.testing.assert_array_equal(out[k], v.numpy(), err_msg=k)
