@@ -93,7 +93,9 @@ def gradcheck(forward, backward, inputs, h=1e-5, num_samples=None, seed=0, atol=
         indices = [np.unravel_index(int(i), x.shape) for i in flat]
         numeric = numerical_gradient(forward, inputs, name, dout_dev, indices, h, **kwargs)
         analytic = np.asarray(to_numpy(g), np.float64)
-        err = np.where(np.isnan(numeric), np.nan, relative_error(analytic, np.nan_to_num(numeric), atol))
+        err = relative_error(analytic, np.nan_to_num(numeric), atol)
+        err = np.where(np.isfinite(err), err, np.inf)               # a NaN or inf gradient is infinitely wrong
+        err = np.where(np.isnan(numeric), np.nan, err)              # NaN only where no entry was sampled
         result.errors[name], result.numeric[name], result.analytic[name] = err, numeric, analytic
         if indices and np.nanmax(err) >= result.max_error:
             worst = np.unravel_index(np.nanargmax(err), err.shape)

@@ -88,7 +88,8 @@ def grad_ok(result, name, tol=1e-6):
     err = float(np.nanmax(errors))
     if not err <= tol:
         at = tuple(int(i) for i in np.unravel_index(np.nanargmax(errors), errors.shape))
-        raise AssertionError(f"gradient of {name}: relative error {err:.2e} at index {at} (tolerance {tol:.0e})")
+        what = f"relative error {err:.2e}" if np.isfinite(err) else "NaN or infinite"
+        raise AssertionError(f"gradient of {name}: {what} at index {at} (tolerance {tol:.0e})")
     return f"d{name} agrees with central differences to {err:.1e}"
 
 
