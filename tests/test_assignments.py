@@ -9,10 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from minifcn import assignments, grade
-import numpy as np
 from minifcn.gradcheck import gradcheck
 from minifcn.ops import conv2d_backward, conv2d_forward
 

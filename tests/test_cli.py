@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from minifcn import cli, evaluate, models, predict, train
+from minifcn.data import ShapesDataset, TORCHVISION_VGG, palette, preprocess
 from minifcn.layers import Dropout
 from minifcn.ops import softmax_cross_entropy
-from minifcn.data import ShapesDataset, TORCHVISION_VGG, palette, preprocess
 from minifcn.viz import overlay
 
 TINY = ["--backbone", "vgg16-tiny", "--image-size", "24", "--batch-size", "2", "--val-images", "4",

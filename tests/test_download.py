@@ -4,16 +4,16 @@ import io
 import re
 import tarfile
 import threading
+import urllib.error
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from minifcn.data import download as dl
 from minifcn.data import get_dataset, palette
 from minifcn.data.download import ChecksumError, Progress, download, extract, fetch, main
-import urllib.error
-from minifcn.data import download as dl
 
 
 def fabricated_voc_archive():

@@ -1,11 +1,12 @@
 """minifcn.plateau: VGG16's first stages on smaller maps give the full maps' numbers, for every size."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from minifcn import fast, geometry, ops, plateau
 from minifcn.models import build
-from dataclasses import replace
 
 NAMES = ["fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce"]
 

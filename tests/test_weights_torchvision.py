@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 from minifcn.convert import main as convert
-from minifcn.weights import imagenet_forward, load_npz, read_vgg16
-from minifcn.weights.torchvision import NAMES, read_state_dict
-from minifcn.weights.vgg16 import BLOCKS
 from minifcn.ops import conv2d_forward
-from minifcn.weights.torchvision import BN_EPS, NAMES_BN, RestrictedUnpickler, fold_batch_norm
+from minifcn.weights import imagenet_forward, load_npz, read_vgg16
+from minifcn.weights.torchvision import (BN_EPS, NAMES, NAMES_BN, RestrictedUnpickler, fold_batch_norm,
+                                         read_state_dict)
+from minifcn.weights.vgg16 import BLOCKS
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
