@@ -43,9 +43,11 @@ def main(argv=None):
     if args.limit is not None and args.limit < 1:
         p.error(f"--limit must be at least 1 image, got {args.limit}")
 
-    _from_the_run(args, saved_args(args.checkpoint))
+    run = saved_args(args.checkpoint)                    # the training run's options ({} for a plain model file)
+    _from_the_run(args, run)
     net = models.load(args.checkpoint, device=args.device)
-    options = {"size": args.image_size or _trained_image_size(args.checkpoint)} if args.dataset == "shapes" else {}
+    size = args.image_size or run.get("image_size") or DEFAULT_IMAGE_SIZE
+    options = {"size": size} if args.dataset == "shapes" else {}
     if args.dataset == "folder" and not _has_class_list(args.data_root):
         options = {"num_classes": net.num_classes}       # not counted from this split's masks, which may lack some
     dataset = get_dataset(args.dataset, split=args.split, root=args.data_root, **options)
@@ -84,7 +86,7 @@ def _from_the_run(args, run):
 
 def _trained_image_size(path, default=DEFAULT_IMAGE_SIZE):
     """The --image-size a training checkpoint was made with (its '__train__' entry), else `default`."""
-    return saved_args(path).get("image_size") or default
+    return saved_args(path).get("image_size") or default           # (lesson 8 uses it)
 
 
 def _has_class_list(root):

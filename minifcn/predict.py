@@ -15,7 +15,7 @@ from PIL import Image
 from . import cli, models
 from .backend import get_xp, to_numpy
 from .data import DataError, read_image
-from .data.voc import IMAGE_SUFFIXES
+from .data.voc import IMAGE_SUFFIXES, images_in
 from .data.transforms import preprocess
 from .viz import overlay, palette_png
 
@@ -67,8 +67,7 @@ def image_files(arguments):
     files = []
     for arg in arguments:
         if os.path.isdir(arg):
-            found = sorted(os.path.join(arg, name) for name in os.listdir(arg)
-                           if name.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(os.path.join(arg, name)))
+            found = [os.path.join(arg, p.name) for p in images_in(arg)]
             if not found:
                 raise ValueError(f"{arg}: a folder without image files ({' '.join(IMAGE_SUFFIXES)}) directly in it")
             files += found

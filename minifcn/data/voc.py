@@ -55,6 +55,11 @@ def default_root():
 
 # ----------------------------------------------------------------------------- reading files
 
+def images_in(folder):
+    """The image files directly in `folder` (by suffix, any case), sorted by name, as Paths."""
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
 def _unreadable(path, e):
     """The DataError for a file that cannot be opened at all (missing, a folder, not allowed), or None."""
     if isinstance(e, FileNotFoundError):
@@ -295,7 +300,7 @@ def folder(split="train", root=None, num_classes=None, class_names=None, images=
         raise _missing_root("an image folder", root, [root / split / images, root / images],
                             f"ROOT/[{split}/]{images}/NAME.jpg|png with ROOT/[{split}/]{masks}/NAME.png "
                             "holding class ids (255 = void)", "(no download: point root at your own folder)")
-    image_files = sorted(p for p in (base / images).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    image_files = images_in(base / images)
     if not image_files:
         raise FileNotFoundError(f"{base / images}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
     mask_files = [base / masks / f"{p.stem}.png" for p in image_files]
