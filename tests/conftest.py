@@ -1,4 +1,4 @@
-"""Shared test set-up: hypothesis profiles and the `xp` fixture (NumPy always, CuPy when a GPU is there)."""
+"""Shared test set-up: hypothesis profiles and the `xp` fixture (NumPy, the CuPy stand-in, and CuPy when a GPU is there)."""
 import os
 
 # The tests multiply small matrices, where BLAS threads cost more than they give (and spin when another
@@ -11,6 +11,8 @@ from hypothesis import HealthCheck, settings
 
 from minifcn.backend import gpu_available
 
+import fake_cupy
+
 # CI: derandomised and without deadlines, so a red run is a real fault, never a slow machine.
 settings.register_profile("ci", derandomize=True, deadline=None, max_examples=40,
                           suppress_health_check=[HealthCheck.too_slow])
@@ -18,11 +20,17 @@ settings.register_profile("dev", deadline=None, max_examples=40)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 
-@pytest.fixture(params=["numpy", pytest.param("cupy", marks=pytest.mark.gpu)])
-def xp(request):
-    """The array module under test; the CuPy case skips where there is no CuPy or no CUDA device."""
+@pytest.fixture(params=["numpy", "fake_cupy", pytest.param("cupy", marks=pytest.mark.gpu)])
+def xp(request, monkeypatch):
+    """The array module under test; the CuPy case skips where there is no CuPy or no CUDA device.
+
+    "fake_cupy" is tests/fake_cupy.py: NumPy underneath, CuPy's refusals of host arrays on top, so the
+    GPU path's seams are tested on every machine.
+    """
     if request.param == "numpy":
         return np
+    if request.param == "fake_cupy":
+        return fake_cupy.install(monkeypatch)
     if not gpu_available():
         pytest.skip("CuPy or a CUDA device is not available")
     import cupy

@@ -1,7 +1,7 @@
 """The paths a GPU run takes that the op-by-op tests do not: on "cpu" always, on "gpu" under `pytest -m gpu`.
 
 Each test runs the same body on both devices, so the CPU run checks the test itself and the GPU run the
-CuPy path: dropout inside a net, SGD with the summed loss, --resume onto the device, evaluate and
+CuPy path (on every machine through tests/fake_cupy.py, on real CuPy under `pytest -m gpu`): dropout inside a net, SGD with the summed loss, --resume onto the device, evaluate and
 predict with --device, learnable upsampling, and the convolution's fast path in float32 at a VGG16 size
 (the CUDA kernels with the real band size, not the tiny one the kernel tests use).
 """
@@ -11,13 +11,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import fake_cupy
+
 from minifcn import evaluate, fast, ops, predict, train
 from minifcn.backend import gpu_available, to_device, to_numpy
 from minifcn.models import build, load
 
 
-@pytest.fixture(params=["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
-def device(request):
+@pytest.fixture(params=["cpu", "fake_gpu", pytest.param("gpu", marks=pytest.mark.gpu)])
+def device(request, monkeypatch):
+    """'fake_gpu' runs the GPU path on tests/fake_cupy.py, which refuses what CuPy refuses (host arrays)."""
+    if request.param == "fake_gpu":
+        fake_cupy.install(monkeypatch)
+        return "gpu"
     if request.param == "gpu" and not gpu_available():
         pytest.skip("CuPy or a CUDA device is not available")
     return request.param

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+import fake_cupy
+
 from minifcn import fast, ops, train, winograd
 from minifcn.backend import gpu_available, to_device, to_numpy
 from minifcn.im2col import conv_output_size
@@ -26,8 +28,11 @@ def small_bands(monkeypatch):
     monkeypatch.setattr(winograd, "BLOCK", 97)
 
 
-@pytest.fixture
-def cupy():
+@pytest.fixture(params=["fake_cupy", pytest.param("cupy", marks=pytest.mark.gpu)])
+def cupy(request, monkeypatch):
+    """Real CuPy under `pytest -m gpu`; everywhere, tests/fake_cupy.py (the CuPy path without the CUDA kernels)."""
+    if request.param == "fake_cupy":
+        return fake_cupy.install(monkeypatch)
     if not gpu_available():
         pytest.skip("CuPy or a CUDA device is not available")
     import cupy
@@ -269,9 +274,8 @@ def test_input_grad_off_gives_no_dx_and_the_same_parameter_gradients(enabled, mo
         np.testing.assert_array_equal(net.grads[k], want[k])
 
 
-# ----------------------------------------------------------------------------- on the GPU (pytest -m gpu)
+# ----------------------------------------------------------------------------- on the GPU (fake_cupy here, CuPy under pytest -m gpu)
 
-@pytest.mark.gpu
 def test_each_fast_op_on_the_gpu_matches_the_plain_op_on_the_cpu(cupy):
     rng = np.random.default_rng(0)
     x, w, b = rng.standard_normal((2, 3, 13, 11)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
@@ -299,7 +303,6 @@ def test_each_fast_op_on_the_gpu_matches_the_plain_op_on_the_cpu(cupy):
     close(to_numpy(fast.relu_backward_inplace(g(x), cache)), ops.relu_backward(x, x > 0))
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("name", NAMES)
 def test_each_fcn_on_the_gpu_matches_the_plain_cpu_forward_and_backward(name, cupy):
     net = build(name, num_classes=4, backbone="vgg16-tiny", width=2, dropout=0, seed=3).astype(np.float64)
@@ -320,7 +323,6 @@ def test_each_fcn_on_the_gpu_matches_the_plain_cpu_forward_and_backward(name, cu
         close(to_numpy(v), grads[k], 1e-9)
 
 
-@pytest.mark.gpu
 def test_a_few_training_iterations_on_the_gpu(tmp_path, cupy):
     out = tmp_path / "run"
     rc = train.main(["--device", "gpu", "--iters", "4", "--val-every", "4", "--val-images", "4", "--image-size", "40",
