@@ -111,8 +111,8 @@ def _band_cols(x_pad, buf, r0, r, g):
     KH, KW, sh, sw, dh, dw, OW = g
     C = x_pad.shape[0]
     cols = buf[:C * KH * KW * r * OW]
-    if _cuda_kernels(x_pad):
-        return gpu_kernels.band_cols(x_pad, cols.reshape(C * KH * KW, r * OW), r0, r, g)
+    if _cuda_kernels(x_pad) and gpu_kernels.band_cols(x_pad, cols.reshape(C * KH * KW, r * OW), r0, r, g):
+        return cols.reshape(C * KH * KW, r * OW)
     cols = cols.reshape(C, KH, KW, r, OW)
     for i in range(KH):
         for j in range(KW):
@@ -125,8 +125,7 @@ def _band_col2im(dcols, dx_pad, r0, r, g):
     """The adjoint of _band_cols: add dcols (K, r*OW) back onto the padded image gradient dx_pad (C, Hp, Wp)."""
     KH, KW, sh, sw, dh, dw, OW = g
     C = dx_pad.shape[0]
-    if _cuda_kernels(dx_pad):
-        gpu_kernels.band_col2im(dcols, dx_pad, r0, r, g)
+    if _cuda_kernels(dx_pad) and gpu_kernels.band_col2im(dcols, dx_pad, r0, r, g):
         return
     dcols = dcols.reshape(C, KH, KW, r, OW)
     for i in range(KH):

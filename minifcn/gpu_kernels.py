@@ -16,8 +16,10 @@ ElementwiseKernel: a loop body in C, run once per element of its output, with `i
 
 The bodies are plain C, so tests/test_gpu_kernels.py compiles them with the system C compiler into a loop over
 `i` and holds them to minifcn.fast's tap loops on the CPU; on a GPU, `pytest -m gpu` does the same with CuPy.
-Switch them off (minifcn.fast.CUDA_KERNELS = False) to run the tap loops on the GPU.
+Switch them off (minifcn.fast.CUDA_KERNELS = False) to run the tap loops on the GPU; where a kernel does not
+compile, the tap loops take over by themselves, with a warning.
 """
+import warnings
 
 # (inputs, outputs, body) of each cupy.ElementwiseKernel. `raw` arrays are indexed by hand (flat, C order);
 # the output is indexed by the thread's `i`.
@@ -64,31 +66,57 @@ COL2IM_GATHER = (
     """,
 )
 
-_compiled = {}
+_compiled = {}      # name -> the kernel, or None when it did not compile here
 
 
 def _kernel(spec, name):
-    """The cupy.ElementwiseKernel for spec, built once (CuPy compiles it on first use and caches it on disk)."""
+    """The cupy.ElementwiseKernel for spec (CuPy compiles it at its first launch and caches it on disk)."""
+    import cupy
+    return cupy.ElementwiseKernel(*spec, name=name)
+
+
+def _launch(spec, name, *args):
+    """Run one kernel -> True; False when it does not compile on this machine (the caller runs the tap loops).
+
+    Should the compiler refuse a body (a CUDA or CuPy version it was never compiled with), training should not
+    stop: the tap loops compute the same numbers, only slower. So a compile error is reported once, as a
+    warning, and that kernel is not tried again. Any other error (out of memory, a bad argument) is raised.
+    """
     if name not in _compiled:
-        import cupy
-        _compiled[name] = cupy.ElementwiseKernel(*spec, name=name)
-    return _compiled[name]
+        kernel = _kernel(spec, name)
+        try:
+            kernel(*args)
+        except Exception as e:
+            if type(e).__name__ != "CompileException":          # cupy.cuda.compiler.CompileException
+                raise
+            _compiled[name] = None
+            warnings.warn(f"minifcn: the CUDA kernel {name} did not compile ({str(e).strip()[:300]}); the "
+                          "convolutions use the tap loops instead (same results, slower). Please report it with "
+                          "your CuPy and CUDA versions.", RuntimeWarning, stacklevel=2)
+            return False
+        _compiled[name] = kernel
+        return True
+    if _compiled[name] is None:
+        return False
+    _compiled[name](*args)
+    return True
 
 
 def band_cols(x_pad, cols, r0, r, g):
-    """im2col of output rows [r0, r0 + r) of one padded image x_pad (C, Hp, Wp) into cols (K, r*OW) (CuPy)."""
+    """im2col of output rows [r0, r0 + r) of one padded image x_pad (C, Hp, Wp) into cols (K, r*OW) (CuPy)
+    -> True, or False (cols untouched) where the kernel does not compile."""
     KH, KW, sh, sw, dh, dw, OW = g
     Hp, Wp = x_pad.shape[1:]
-    _kernel(IM2COL, "minifcn_im2col")(x_pad, Hp, Wp, r0, r, OW, KH, KW, sh, sw, dh, dw, cols)
-    return cols
+    return _launch(IM2COL, "minifcn_im2col", x_pad, Hp, Wp, r0, r, OW, KH, KW, sh, sw, dh, dw, cols)
 
 
 def band_col2im(dcols, dx_pad, r0, r, g):
-    """The adjoint of band_cols: add dcols (K, r*OW) onto dx_pad (C, Hp, Wp), one thread per pixel (CuPy)."""
+    """The adjoint of band_cols: add dcols (K, r*OW) onto dx_pad (C, Hp, Wp), one thread per pixel (CuPy)
+    -> True, or False (dx_pad untouched) where the kernel does not compile."""
     KH, KW, sh, sw, dh, dw, OW = g
     # One thread per pixel that the band's columns can touch: the padded rows from the first one its first output
     # row reads (y0) to the last one its last output row reads through the bottom kernel tap.
     y0 = r0 * sh
     rows = (r - 1) * sh + (KH - 1) * dh + 1
-    _kernel(COL2IM_GATHER, "minifcn_col2im")(dcols, rows, dx_pad.shape[2], r, OW, KH, KW, sh, sw, dh, dw,
-                                             dx_pad[:, y0:y0 + rows])
+    return _launch(COL2IM_GATHER, "minifcn_col2im", dcols, rows, dx_pad.shape[2], r, OW, KH, KW, sh, sw, dh, dw,
+                   dx_pad[:, y0:y0 + rows])

@@ -11,8 +11,9 @@ arithmetic but the seams between the two libraries, which NumPy alone lets pass 
 
 `install(monkeypatch)` puts this module in `sys.modules["cupy"]` for one test, so `--device gpu` runs the
 whole GPU path on the CPU. It cannot run CUDA code: the ElementwiseKernel fast path is switched off
-(`fast.CUDA_KERNELS = False`); tests/test_gpu_kernels.py checks those kernels' C bodies through cc, and
-`pytest -m gpu` runs everything on real CuPy where a GPU is lent.
+(`fast.CUDA_KERNELS = False`), and a kernel launched anyway fails as one that does not compile would;
+tests/test_gpu_kernels.py checks those kernels' C bodies through cc, and `pytest -m gpu` runs everything on
+real CuPy where a GPU is lent.
 
 What it does not model: speed, streams and synchronisation, and CuPy's own random streams (its generator
 draws NumPy's numbers, so a fake-GPU run matches a CPU run exactly; real CuPy does not).
@@ -185,14 +186,22 @@ class _Generator:
 random = types.SimpleNamespace(default_rng=_Generator)
 
 
-class _NoCuda:
+class CompileException(Exception):
+    """cupy.cuda.compiler.CompileException: what CuPy raises when NVRTC refuses a kernel."""
+
+
+class ElementwiseKernel:
+    """Built like CuPy's; its first launch fails to compile, as on a machine whose CUDA refuses the body."""
+
     def __init__(self, *args, **kwargs):
-        raise NotImplementedError("the CuPy stand-in cannot compile or run CUDA code; "
-                                  "set minifcn.fast.CUDA_KERNELS = False")
+        pass
+
+    def __call__(self, *args, **kwargs):
+        raise CompileException("the CuPy stand-in cannot compile CUDA code")
 
 
-ElementwiseKernel = RawKernel = _NoCuda
-cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: 1))
+cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: 1),
+                             compiler=types.SimpleNamespace(CompileException=CompileException))
 
 
 # CuPy functions that copy host arrays over themselves (cupy.asanyarray inside); the others refuse them.

@@ -8,10 +8,13 @@ With `gpu_kernels._kernel` pointed at it, minifcn.fast's GPU code path runs on N
 import ctypes
 import shutil
 import subprocess
+import warnings
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
+
+import fake_cupy
 
 from minifcn import fast, gpu_kernels, ops
 from minifcn.backend import gpu_available, to_device, to_numpy
@@ -76,6 +79,7 @@ def kernels_in_c(monkeypatch, tmp_path):
         return by_dtype
 
     monkeypatch.setattr(gpu_kernels, "_kernel", kernel)
+    monkeypatch.setattr(gpu_kernels, "_compiled", {})          # nothing C-built stays for a GPU test after
     monkeypatch.setattr(fast, "_cuda_kernels", lambda a: fast.CUDA_KERNELS)
 
 
@@ -105,9 +109,10 @@ def test_band_im2col_and_col2im_bodies_equal_the_tap_loops(kernels_in_c, p, seed
     x_pad = rng.standard_normal((p["C"], p["H"] + 2 * p["ph"], p["W"] + 2 * p["pw"]))
     dx_c, dx_loop = np.zeros_like(x_pad), np.zeros_like(x_pad)
     for r0, r in fast._bands(OH, OW, K, 1, p["block"]):
-        with_c = gpu_kernels.band_cols(x_pad, np.empty((K, r * OW)), r0, r, g)
+        with_c = np.empty((K, r * OW))
+        assert gpu_kernels.band_cols(x_pad, with_c, r0, r, g)
         dcols = rng.standard_normal((K, r * OW))
-        gpu_kernels.band_col2im(dcols, dx_c, r0, r, g)
+        assert gpu_kernels.band_col2im(dcols, dx_c, r0, r, g)
         with pytest.MonkeyPatch.context() as m:                 # fast's own tap loops
             m.setattr(fast, "CUDA_KERNELS", False)
             np.testing.assert_array_equal(with_c, fast._band_cols(x_pad, np.empty(K * r * OW), r0, r, g))
@@ -141,7 +146,8 @@ def test_a_wrong_index_in_a_body_is_caught(kernels_in_c, tmp_path):
                       np.float64, tmp_path)
     x_pad = np.arange(2 * 6 * 7, dtype=np.float64).reshape(2, 6, 7)
     g = (3, 3, 1, 1, 1, 1, 4)
-    good = gpu_kernels.band_cols(x_pad, np.empty((18, 4 * 4)), 0, 4, g)
+    good = np.empty((18, 4 * 4))
+    assert gpu_kernels.band_cols(x_pad, good, 0, 4, g)
     bad = broken(x_pad, 6, 7, 0, 4, 4, 3, 3, 1, 1, 1, 1, np.empty((18, 16)))
     assert not np.array_equal(good, bad)
 
@@ -166,3 +172,27 @@ def test_the_kernels_on_the_gpu_equal_the_tap_loops(monkeypatch):
     for kernels, *case in [k for k in results if k[0]]:
         for got, want in zip(results[(True, *case)], results[(False, *case)]):
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    assert None not in gpu_kernels._compiled.values()        # both compiled: the tap loops did not stand in
+
+
+def test_a_kernel_that_does_not_compile_leaves_the_work_to_the_tap_loops(monkeypatch):
+    """On fake_cupy every launch fails to compile, as on a CUDA that refuses a body: one warning per kernel,
+    the convolution's numbers from the tap loops, and no second try."""
+    fake_cupy.install(monkeypatch)
+    monkeypatch.setattr(fast, "CUDA_KERNELS", True)
+    monkeypatch.setattr(gpu_kernels, "_compiled", {})
+    rng = np.random.default_rng(0)
+    x, w, b = rng.standard_normal((2, 3, 9, 8)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+    want, want_cache = ops.conv2d_forward(x, w, b, 1, 1)
+    dout = rng.standard_normal(want.shape)
+    with pytest.warns(RuntimeWarning, match="did not compile") as caught:
+        out, cache = fast.conv2d_forward(*(to_device(a, "gpu") for a in (x, w, b)), 1, 1)
+        grads = fast.conv2d_backward(to_device(dout, "gpu"), cache)
+    said = [str(w.message) for w in caught]
+    assert len(said) == 2 and "minifcn_im2col did not" in said[0] and "minifcn_col2im did not" in said[1]
+    np.testing.assert_allclose(to_numpy(out), want, rtol=1e-12, atol=1e-12)
+    for got, ref in zip(grads, ops.conv2d_backward(dout, want_cache)):
+        np.testing.assert_allclose(to_numpy(got), ref, rtol=1e-12, atol=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                          # said once: the second convolution is quiet
+        fast.conv2d_backward(to_device(dout, "gpu"), cache)
