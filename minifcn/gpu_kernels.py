@@ -66,39 +66,41 @@ COL2IM_GATHER = (
     """,
 )
 
-_compiled = {}      # name -> the kernel, or None when it did not compile here
+_compiled = {}      # (name, dtype) -> the kernel, or None when it did not compile here
 
 
 def _kernel(spec, name):
-    """The cupy.ElementwiseKernel for spec (CuPy compiles it at its first launch and caches it on disk)."""
+    """The cupy.ElementwiseKernel for spec (CuPy compiles it at its first launch for each dtype, cached on disk)."""
     import cupy
     return cupy.ElementwiseKernel(*spec, name=name)
 
 
 def _launch(spec, name, *args):
-    """Run one kernel -> True; False when it does not compile on this machine (the caller runs the tap loops).
+    """Run one kernel (its output is the last argument) -> True; False when it does not compile for this dtype
+    on this machine: the caller then runs the tap loops.
 
-    Should the compiler refuse a body (a CUDA or CuPy version it was never compiled with), training should not
-    stop: the tap loops compute the same numbers, only slower. So a compile error is reported once, as a
-    warning, and that kernel is not tried again. Any other error (out of memory, a bad argument) is raised.
+    Should the compiler refuse a body (on a CUDA or CuPy version it was never tried on), training should not
+    stop: the tap loops compute the same numbers, only slower. So a compile error is reported once per kernel
+    and dtype, as a warning, and not tried again. Any other error (out of memory, a bad argument) is raised.
     """
-    if name not in _compiled:
+    key = (name, str(args[-1].dtype))
+    if key not in _compiled:
         kernel = _kernel(spec, name)
         try:
             kernel(*args)
         except Exception as e:
-            if type(e).__name__ != "CompileException":          # cupy.cuda.compiler.CompileException
+            if type(e).__name__ != "CompileException":     # cupy.cuda.compiler's (CuPy need not be imported here)
                 raise
-            _compiled[name] = None
-            warnings.warn(f"minifcn: the CUDA kernel {name} did not compile ({str(e).strip()[:300]}); the "
-                          "convolutions use the tap loops instead (same results, slower). Please report it with "
-                          "your CuPy and CUDA versions.", RuntimeWarning, stacklevel=2)
+            _compiled[key] = None
+            warnings.warn(f"minifcn: the CUDA kernel {name} did not compile for {key[1]} ({str(e).strip()[:300]}); "
+                          "the convolutions use the tap loops instead (same results, slower). Please report it "
+                          "with your CuPy and CUDA versions.", RuntimeWarning)
             return False
-        _compiled[name] = kernel
+        _compiled[key] = kernel
         return True
-    if _compiled[name] is None:
+    if _compiled[key] is None:
         return False
-    _compiled[name](*args)
+    _compiled[key](*args)
     return True
 
 

@@ -1,4 +1,5 @@
-"""Shared test set-up: hypothesis profiles and the `xp` fixture (NumPy, the CuPy stand-in, and CuPy when a GPU is there)."""
+"""Shared test set-up: hypothesis profiles and the `xp` fixture (NumPy, the CuPy stand-in tests/fake_cupy.py,
+and CuPy when a GPU is there)."""
 import os
 
 # The tests multiply small matrices, where BLAS threads cost more than they give (and spin when another

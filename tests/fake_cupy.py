@@ -76,7 +76,8 @@ class ndarray(np.lib.mixins.NDArrayOperatorsMixin):
         return _wrap(getattr(ufunc, method)(*_unwrap(inputs), **_unwrap(kwargs)))
 
     def __array_function__(self, func, types, args, kwargs):               # np.pad(a, ...), np.concatenate([a, b])
-        return _wrap(func(*_unwrap(args), **_unwrap(kwargs)))
+        host_ok = func.__name__ in TAKE_HOST_ARRAYS                        # CuPy hands it to cupy.<name>
+        return _wrap(func(*_unwrap(args, host_ok), **_unwrap(kwargs, host_ok)))
 
     # --- indexing: host index arrays are accepted (CuPy copies them over), host values refused
     def __getitem__(self, key):
@@ -126,8 +127,8 @@ class ndarray(np.lib.mixins.NDArrayOperatorsMixin):
         return ndarray(self._a.T)
 
     def __getattr__(self, name):
-        if name.startswith("__") or name in ("ctypes", "tobytes", "tofile", "__array_interface__"):
-            raise AttributeError(name)                      # nothing that would hand the host the raw memory
+        if name.startswith("__") or name == "ctypes":
+            raise AttributeError(name)                      # no pointer to the memory, no __array_interface__
         v = getattr(self._a, name)
         return _device_function(v) if callable(v) else _wrap(v)
 
@@ -147,12 +148,12 @@ def _has_array(key):
 
 
 def asarray(a, dtype=None, order=None):
-    """Host or device -> device (the one explicit copy to the device)."""
-    return ndarray(np.array(a._a if isinstance(a, ndarray) else a, dtype=dtype, order=order, copy=None))
+    """Host or device (or a list of them) -> device: the one explicit copy to the device."""
+    return ndarray(np.array(_unwrap(a, host_ok=True), dtype=dtype, order=order, copy=None))
 
 
 def array(a, dtype=None, copy=True, order="K", ndmin=0):
-    return ndarray(np.array(a._a if isinstance(a, ndarray) else a, dtype=dtype, copy=copy, order=order, ndmin=ndmin))
+    return ndarray(np.array(_unwrap(a, host_ok=True), dtype=dtype, copy=copy, order=order, ndmin=ndmin))
 
 
 def asnumpy(a, stream=None, out=None):
@@ -217,8 +218,12 @@ def __getattr__(name):
 
 
 def install(monkeypatch):
-    """Make `import cupy` give this stand-in for one test, with the CUDA kernels off; return the module."""
-    from minifcn import fast
+    """Make `import cupy` give this stand-in for one test, with the CUDA kernels off; return the module.
+
+    The compiled-kernel cache starts empty and is put back afterwards, so that no real kernel meets a fake array
+    and no stand-in failure stays behind for a real GPU test in the same run."""
+    from minifcn import fast, gpu_kernels
     monkeypatch.setitem(sys.modules, "cupy", sys.modules[__name__])
     monkeypatch.setattr(fast, "CUDA_KERNELS", False)
+    monkeypatch.setattr(gpu_kernels, "_compiled", {})
     return sys.modules[__name__]

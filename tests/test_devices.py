@@ -1,9 +1,11 @@
-"""The paths a GPU run takes that the op-by-op tests do not: on "cpu" always, on "gpu" under `pytest -m gpu`.
+"""The paths a GPU run takes that the op-by-op tests do not: on "cpu" always, on "gpu" under `pytest -m gpu`,
+and on "fake_gpu" everywhere (tests/fake_cupy.py: the CuPy path on NumPy, refusing what CuPy refuses).
 
-Each test runs the same body on both devices, so the CPU run checks the test itself and the GPU run the
-CuPy path (on every machine through tests/fake_cupy.py, on real CuPy under `pytest -m gpu`): dropout inside a net, SGD with the summed loss, --resume onto the device, evaluate and
+Each test runs the same body on every device, so the CPU run checks the test itself and the GPU runs the
+CuPy path: dropout inside a net, SGD with the summed loss, --resume onto the device, evaluate and
 predict with --device, learnable upsampling, and the convolution's fast path in float32 at a VGG16 size
-(the CUDA kernels with the real band size, not the tiny one the kernel tests use).
+(on a real GPU the CUDA kernels with the real band size, not the tiny one the kernel tests use; on the
+stand-in, the tap loops).
 """
 import json
 

@@ -274,7 +274,7 @@ def test_input_grad_off_gives_no_dx_and_the_same_parameter_gradients(enabled, mo
         np.testing.assert_array_equal(net.grads[k], want[k])
 
 
-# ----------------------------------------------------------------------------- on the GPU (fake_cupy here, CuPy under pytest -m gpu)
+# ------------------------------------------------------- on the GPU (fake_cupy everywhere, CuPy under pytest -m gpu)
 
 def test_each_fast_op_on_the_gpu_matches_the_plain_op_on_the_cpu(cupy):
     rng = np.random.default_rng(0)

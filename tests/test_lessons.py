@@ -17,10 +17,12 @@ def test_there_are_lessons():
 
 @pytest.mark.parametrize("path", LESSONS, ids=[p.stem for p in LESSONS])
 def test_committed_notebook_has_no_outputs_and_cell_ids(path):
-    nbformat = pytest.importorskip("nbformat")
     raw = json.loads(path.read_text())                  # nbformat.read would fill missing ids in silently
     missing = [i for i, cell in enumerate(raw["cells"]) if "id" not in cell]
     assert not missing, f"{path.name} cells {missing} have no id (nbformat 4.5 wants one): open and save it in Jupyter"
+    ids = [cell["id"] for cell in raw["cells"]]
+    assert len(set(ids)) == len(ids), f"{path.name} has two cells with one id (a copied cell?): give one a new id"
+    nbformat = pytest.importorskip("nbformat")
     nb = nbformat.read(path, as_version=4)
     for i, cell in enumerate(nb.cells):
         if cell.cell_type == "code":
