@@ -38,7 +38,8 @@ def main(argv=None):
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     p.add_argument("--save-vis", default=None, metavar="DIR", help="write image | truth | prediction tiles here")
-    p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
+    p.add_argument("--json", default=None, help="also write the metrics, the class names and the confusion matrix "
+                   "(rows: truth, columns: prediction, in pixels) to this JSON file")
     args = p.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         p.error(f"--limit must be at least 1 image, got {args.limit}")
@@ -67,7 +68,9 @@ def main(argv=None):
     print(format_table(result, dataset.class_names))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in result.items()}, f, indent=1)
+            report = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in result.items()}
+            report.update(class_names=list(dataset.class_names), confusion=hist.astype(int).tolist())
+            json.dump(report, f, indent=1)
     return 0
 
 

@@ -156,7 +156,11 @@ def test_evaluate_and_predict(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "mean IU" in out and "triangle" in out
     assert len(list((tmp_path / "vis").glob("*.png"))) == 3
-    assert set(json.load(open(tmp_path / "m.json"))) >= {"pixel_acc", "mean_acc", "mean_iu", "fw_iu", "iu"}
+    report = json.load(open(tmp_path / "m.json"))
+    assert set(report) >= {"pixel_acc", "mean_acc", "mean_iu", "fw_iu", "iu", "class_names", "confusion"}
+    hist = np.array(report["confusion"])                        # rows truth, columns prediction, pixels
+    assert hist.shape == (6, 6) and hist.sum() == 3 * 24 * 24 and report["class_names"][3] == "triangle"
+    assert report["pixel_acc"] == pytest.approx(np.trace(hist) / hist.sum())
 
     image = np.random.default_rng(0).integers(0, 255, (19, 31, 3), dtype=np.uint8)
     Image.fromarray(image).save(tmp_path / "odd.jpg")
