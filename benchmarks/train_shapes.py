@@ -1,6 +1,6 @@
 """The bare `python -m minifcn.train` (FCN-8s, vgg16-tiny, built-in shapes, CPU), then FCN-16s and FCN-32s
 under the same budget (the same settings and time budget, only --model differs: where the bare command's
-9 minutes cut the 11,000 iterations, each net trains the iterations that fit it): the four metrics on the
+8.5 minutes cut the 11,000 iterations, each net trains the iterations that fit it): the four metrics on the
 val split at the end of each run, the iterations run, and the wall time of each (training and validation,
 as a user sees it). Pass `-- --iters N` for the same number of iterations on any machine.
 
