@@ -4,6 +4,8 @@ For each IMAGE it writes DIR/<name>.png, the class map as a palette PNG in VOC c
 of VOC's SegmentationClass), and DIR/<name>_overlay.png, the colours blended over the image.
 An IMAGE that is a folder stands for the image files directly inside it (.jpg, .png, ...). An image
 that cannot be read is reported and skipped; the others are still segmented, and the exit status is 2.
+--max-side N shrinks larger images before the net (a phone photo at full size can need more memory than
+the machine has) and brings the scores back to the image's size.
 """
 import argparse
 import os
@@ -16,15 +18,35 @@ from . import cli, models
 from .backend import get_xp, to_numpy
 from .data import DataError, read_image
 from .data.voc import IMAGE_SUFFIXES, images_in
-from .data.transforms import preprocess
+from .data.transforms import preprocess, resize_image
 from .viz import overlay, palette_png
 
 
-def predict(net, image):
-    """(H, W, 3) uint8 RGB -> (H, W) uint8 class map, by the net's own preprocessing."""
+def predict(net, image, max_side=None):
+    """(H, W, 3) uint8 RGB -> (H, W) uint8 class map, by the net's own preprocessing.
+
+    max_side: an image whose longer side is larger is shrunk to it first (bilinear). The net's memory grows
+    with the pixels (VGG16 on a 4032x3024 photo would need about 16 GB), and a net finds objects best at the
+    scale it was trained at (VOC images are about 500 pixels wide). The K score maps then go back to H x W
+    bilinearly, one at a time, and each pixel takes the class of the highest score there: the same argmax,
+    with smooth edges rather than blocks.
+    """
+    H, W = image.shape[:2]
+    scale = 1.0 if not max_side or max(H, W) <= max_side else max_side / max(H, W)
+    if scale < 1:
+        image = resize_image(image, (max(1, round(H * scale)), max(1, round(W * scale))))
     xp = get_xp(net.device)
-    x = xp.asarray(preprocess(image, net.preprocessing))[None]           # (1, 3, H, W)
-    return to_numpy(net.forward(x, train=False).argmax(axis=1)[0]).astype(np.uint8)
+    x = xp.asarray(preprocess(image, net.preprocessing))[None]           # (1, 3, h, w)
+    scores = net.forward(x, train=False)[0]                              # (K, h, w)
+    if scale == 1:
+        return to_numpy(scores.argmax(axis=0)).astype(np.uint8)
+    scores = to_numpy(scores).astype(np.float32)
+    best, pred = np.full((H, W), -np.inf, np.float32), np.zeros((H, W), np.uint8)
+    for k, score in enumerate(scores):                                   # (h, w) -> (H, W), class by class
+        up = np.asarray(Image.fromarray(score, mode="F").resize((W, H), Image.BILINEAR))
+        higher = up > best                                               # ties keep the lower class, as argmax
+        best[higher], pred[higher] = up[higher], k
+    return pred
 
 
 def main(argv=None):
@@ -35,7 +57,12 @@ def main(argv=None):
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    p.add_argument("--max-side", type=int, default=None, metavar="PIXELS",
+                   help="shrink larger images to this longer side before the net (less memory, the training scale); "
+                        "the class map is still written at the image's own size")
     args = p.parse_args(argv)
+    if args.max_side is not None and args.max_side < 1:
+        p.error(f"--max-side is the longest side, in pixels, that the net sees (e.g. 500); got {args.max_side}")
     if not 0 <= args.alpha <= 1:
         p.error(f"--alpha is the overlay's opacity, from 0 (the image alone) to 1 (the colours alone); got {args.alpha:g}")
     net = models.load(args.checkpoint, device=args.device)
@@ -50,11 +77,13 @@ def main(argv=None):
             print(f"skipped {e}", file=sys.stderr)
             skipped.append(path)
             continue
-        pred = predict(net, image)
+        pred = predict(net, image, args.max_side)
         palette_png(pred).save(labels_png)
         Image.fromarray(overlay(image, pred, args.alpha)).save(overlay_png)
         classes = np.unique(pred).tolist()
-        print(f"{path}: {image.shape[1]}x{image.shape[0]} -> classes {classes}; {labels_png}")
+        shrunk = f" (the net saw it at {args.max_side} on its longer side)" if args.max_side and max(
+            image.shape[:2]) > args.max_side else ""
+        print(f"{path}: {image.shape[1]}x{image.shape[0]}{shrunk} -> classes {classes}; {labels_png}")
     if skipped:
         raise DataError(f"{len(skipped)} of {len(images)} images could not be read (see above: "
                         f"{', '.join(skipped[:3])}{', ...' if len(skipped) > 3 else ''}); the others are in {args.out}")

@@ -459,6 +459,44 @@ def test_predict_writes_the_nets_classes_in_voc_colours_and_the_overlay_at_alpha
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "im_overlay.png")), overlay(image, want, 0.3))
 
 
+class RampNet:
+    """A stand-in net whose class-1 score is (column centre / width - 0.31): class 1 right of 31% of the width."""
+    device, preprocessing = "cpu", dict(TORCHVISION_VGG)
+
+    def __init__(self):
+        self.seen = []
+
+    def forward(self, x, train=False):
+        self.seen.append(x.shape)
+        h, w = x.shape[2:]
+        ramp = np.broadcast_to((np.arange(w) + 0.5) / w - 0.31, (h, w))
+        return np.stack([np.zeros((h, w)), ramp])[None]                   # (1, 2, h, w)
+
+
+def test_max_side_shrinks_what_the_net_sees_and_scales_the_scores_back():
+    image = np.zeros((60, 200, 3), np.uint8)
+    net = RampNet()
+    full = predict.predict(net, image)
+    small = predict.predict(net, image, max_side=50)
+    assert net.seen == [(1, 3, 60, 200), (1, 3, 15, 50)]                  # the longer side to 50, the aspect kept
+    assert small.shape == full.shape == (60, 200)
+    edge = lambda pred: int(np.argmax(pred[0] == 1))                      # noqa: E731  first column of class 1
+    assert edge(full) == 62 and abs(edge(small) - 62) <= 1     # the same boundary (labels scaled up would say 64)
+    assert (small == small[:1]).all()                                     # every row alike, as the scores are
+    assert np.array_equal(predict.predict(net, image, max_side=200), full)   # not larger: untouched
+
+
+def test_predict_max_side_on_the_command_line(tmp_path, capsys):
+    ckpt = scored_net(4).save(tmp_path / "net.npz")
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (30, 48, 3), dtype=np.uint8)).save(tmp_path / "im.png")
+    assert predict.main([ckpt, str(tmp_path / "im.png"), "--out", str(tmp_path / "out"), "--max-side", "24"]) == 0
+    assert Image.open(tmp_path / "out" / "im.png").size == (48, 30)        # written at the image's own size
+    assert "48x30 (the net saw it at 24 on its longer side)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        predict.main([ckpt, str(tmp_path / "im.png"), "--out", str(tmp_path / "out"), "--max-side", "0"])
+    assert "--max-side is the longest side" in capsys.readouterr().err
+
+
 def test_best_npz_keeps_the_best_validation_not_the_last(tmp_path, monkeypatch):
     real, ious = train.evaluate, iter([0.5, 0.3, 0.4])
 

@@ -70,9 +70,11 @@ def test_evaluate_and_predict_on_the_device(device, tmp_path):
     assert got["mean_iu"] == pytest.approx(want["mean_iu"], abs=1e-3)
     image = tmp_path / "odd.png"
     Image.fromarray(rng.integers(0, 255, (37, 53, 3), dtype=np.uint8)).save(image)
-    assert predict.main([str(tmp_path / "net.npz"), str(image), "--device", device, "--out", str(tmp_path / "pred")]) == 0
-    labels = np.asarray(Image.open(tmp_path / "pred" / "odd.png"))
-    assert labels.shape == (37, 53) and labels.max() < 6
+    for extra in ([], ["--max-side", "40"]):                   # at its size, and shrunk with the scores brought back
+        assert predict.main([str(tmp_path / "net.npz"), str(image), "--device", device, "--out", str(tmp_path / "pred"),
+                             *extra]) == 0
+        labels = np.asarray(Image.open(tmp_path / "pred" / "odd.png"))
+        assert labels.shape == (37, 53) and labels.max() < 6
 
 
 def test_learnable_upsampling_on_the_device_matches_the_plain_cpu_net(device):
