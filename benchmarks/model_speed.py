@@ -181,7 +181,8 @@ def spawn(framework, case, args):
     cmd = [sys.executable, __file__, "--worker", framework, "--case", case, "--device", args.device,
            "--repeat", str(args.repeat)] + [f"--{flag}" for flag in ("plain", "profile", "no-train")
                                              if getattr(args, flag.replace("-", "_"))]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})      # this checkout first, the caller's path kept
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode or not lines:
         print(f"{framework} {case} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)

@@ -201,8 +201,42 @@ class ElementwiseKernel:
         raise CompileException("the CuPy stand-in cannot compile CUDA code")
 
 
-cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: 1),
-                             compiler=types.SimpleNamespace(CompileException=CompileException))
+class _Pool:
+    """The memory pool's bookkeeping, as the benchmark scripts and lesson 10 ask for it (nothing is tracked)."""
+
+    def malloc(self, nbytes):
+        return None
+
+    def used_bytes(self):
+        return 0
+
+    def total_bytes(self):
+        return 0
+
+    def free_all_blocks(self):
+        pass
+
+
+_POOL = _Pool()
+
+
+def get_default_memory_pool():
+    return _POOL
+
+
+class _Device:
+    def __init__(self, device_id=0):
+        self.id = device_id
+        self.mem_info = (0, 0)
+
+    def synchronize(self):                                  # nothing runs asynchronously here
+        pass
+
+
+cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: 1,
+                                                           getDeviceProperties=lambda i: {"name": b"fake_cupy"}),
+                             compiler=types.SimpleNamespace(CompileException=CompileException),
+                             Device=_Device, set_allocator=lambda malloc=None: None)
 
 
 # CuPy functions that copy host arrays over themselves (cupy.asanyarray inside); the others refuse them.

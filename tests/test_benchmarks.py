@@ -1,0 +1,67 @@
+"""The benchmark scripts run: each once, at a toy size, as a subprocess the way a user starts it.
+
+They are the scripts a session with a lent GPU runs first (benchmarks/gpu_session.sh), with minutes of device
+time for all of it, so a script that broke since its last run would waste them. model_speed.py also runs its
+GPU path on tests/fake_cupy.py (put in place by a sitecustomize, since the script starts its own processes).
+Timings are printed, never asserted.
+"""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+
+
+def run(script, *args, fake_gpu_site=None, timeout=600):
+    """python benchmarks/<script> ARGS -> its stdout; a failure shows the script's stderr."""
+    path = [str(ROOT)] + ([str(fake_gpu_site)] if fake_gpu_site else []) + [os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path)), "MPLBACKEND": "Agg"}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=timeout)
+    assert proc.returncode == 0, f"{script} {' '.join(args)} failed:\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def minifcn_columns(out, case):
+    """The minifcn figures of a model_speed.py table row: inference s, train step s (PyTorch's may be nan)."""
+    row = next(line for line in out.splitlines() if line.startswith(f"| {case} |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    return float(cells[1]), float(cells[4])
+
+
+@pytest.fixture
+def fake_gpu_site(tmp_path):
+    """A folder whose sitecustomize.py makes `import cupy` give the stand-in in every process started with it."""
+    (tmp_path / "sitecustomize.py").write_text(
+        f"import sys\nsys.path.insert(0, {str(TESTS)!r})\nimport fake_cupy\nsys.modules['cupy'] = fake_cupy\n"
+        "import minifcn.fast\nminifcn.fast.CUDA_KERNELS = False\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize("device", ["cpu", "gpu"])
+def test_model_speed_times_minifcn_on_each_device(device, request):
+    site = request.getfixturevalue("fake_gpu_site") if device == "gpu" else None
+    out = run("model_speed.py", "--device", device, "--cases", "vgg16-tiny@48", "--repeat", "1", "--profile",
+              fake_gpu_site=site)
+    inference, step = minifcn_columns(out, "vgg16-tiny @ 48")
+    assert 0 < inference < step                                  # figures, not nan; a step is more than a forward
+
+
+def test_train_shapes_prints_the_table_of_four_metrics(tmp_path):
+    out = run("train_shapes.py", "--models", "fcn32s", "--out", str(tmp_path), "--", "--iters", "2",
+              "--image-size", "24", "--val-images", "2", "--warmup", "0")
+    assert re.search(r"\| fcn32s \| 2 \|( [0-9.]+ \|){4}", out), out
+
+
+def test_stride_ceiling_and_model_memory():
+    out = run("stride_ceiling.py", "--size", "32", "--images", "2")
+    mean_iu = {net: float(re.search(rf"\| {net} \| \d+ \|[^|]+\|[^|]+\| ([0-9.]+) \|", out).group(1))
+               for net in ("FCN-8s", "FCN-16s", "FCN-32s")}
+    assert mean_iu["FCN-8s"] > mean_iu["FCN-16s"] > mean_iu["FCN-32s"]      # a finer stride draws truer edges
+    out = run("model_memory.py", "--backbone", "vgg16-tiny", "--size", "32", "--count-only")
+    assert "counted:" in out and "measured:" in out
