@@ -10,7 +10,8 @@ arithmetic but the seams between the two libraries, which NumPy alone lets pass 
 - reductions give 0-d arrays on the device, not NumPy scalars (`json.dumps(loss)` fails on them).
 
 `install(monkeypatch)` puts this module in `sys.modules["cupy"]` for one test, so `--device gpu` runs the
-whole GPU path on the CPU. It cannot run CUDA code: the ElementwiseKernel fast path is switched off
+whole GPU path on the CPU; `write_site(folder)` does the same for processes of their own (the benchmark
+scripts, a notebook's kernel). It cannot run CUDA code: the ElementwiseKernel fast path is switched off
 (`fast.CUDA_KERNELS = False`), and a kernel launched anyway fails as one that does not compile would;
 tests/test_gpu_kernels.py checks those kernels' C bodies through cc, and `pytest -m gpu` runs everything on
 real CuPy where a GPU is lent.
@@ -20,6 +21,8 @@ draws NumPy's numbers, so a fake-GPU run matches a CPU run exactly; real CuPy do
 """
 import sys
 import types
+import weakref
+from pathlib import Path
 
 import numpy as np
 
@@ -67,6 +70,8 @@ class ndarray(np.lib.mixins.NDArrayOperatorsMixin):
 
     def __init__(self, a):
         self._a = a
+        if a.base is None and id(a) not in _LIVE:          # memory of its own: count it as the pool's "used"
+            _LIVE[id(a)] = weakref.ref(a, lambda _, key=id(a): _LIVE.pop(key, None))
 
     # --- what NumPy asks of an array-like
     def __array__(self, dtype=None, copy=None):
@@ -201,17 +206,21 @@ class ElementwiseKernel:
         raise CompileException("the CuPy stand-in cannot compile CUDA code")
 
 
+_LIVE = {}          # id -> weak reference, for every live NumPy array that owns the memory of a device array
+
+
 class _Pool:
-    """The memory pool's bookkeeping, as the benchmark scripts and lesson 10 ask for it (nothing is tracked)."""
+    """The memory pool's bookkeeping, as the benchmark scripts and lesson 10 ask for it: used_bytes is what the
+    live device arrays hold; nothing is pooled (total_bytes is the same figure)."""
 
     def malloc(self, nbytes):
         return None
 
     def used_bytes(self):
-        return 0
+        return sum(a.nbytes for a in (ref() for ref in list(_LIVE.values())) if a is not None)
 
     def total_bytes(self):
-        return 0
+        return self.used_bytes()
 
     def free_all_blocks(self):
         pass
@@ -261,3 +270,12 @@ def install(monkeypatch):
     monkeypatch.setattr(fast, "CUDA_KERNELS", False)
     monkeypatch.setattr(gpu_kernels, "_compiled", {})
     return sys.modules[__name__]
+
+
+def write_site(folder):
+    """Write folder/sitecustomize.py that installs this stand-in, CUDA kernels off, in every Python started with
+    folder on PYTHONPATH (for scripts and notebooks that run in processes of their own); return the folder."""
+    (folder / "sitecustomize.py").write_text(
+        f"import sys\nsys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\nimport fake_cupy\n"
+        "sys.modules['cupy'] = fake_cupy\nimport minifcn.fast\nminifcn.fast.CUDA_KERNELS = False\n")
+    return folder

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+import fake_cupy
+
 ROOT = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
 
 
 def run(script, *args, fake_gpu_site=None, timeout=600):
@@ -37,10 +38,7 @@ def minifcn_columns(out, case):
 @pytest.fixture
 def fake_gpu_site(tmp_path):
     """A folder whose sitecustomize.py makes `import cupy` give the stand-in in every process started with it."""
-    (tmp_path / "sitecustomize.py").write_text(
-        f"import sys\nsys.path.insert(0, {str(TESTS)!r})\nimport fake_cupy\nsys.modules['cupy'] = fake_cupy\n"
-        "import minifcn.fast\nminifcn.fast.CUDA_KERNELS = False\n")
-    return tmp_path
+    return fake_cupy.write_site(tmp_path)
 
 
 @pytest.mark.parametrize("device", ["cpu", "gpu"])

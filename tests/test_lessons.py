@@ -1,14 +1,18 @@
 """Every lesson notebook runs top to bottom in fast mode (MINIFCN_FAST=1), and none is committed with outputs.
 
 The lessons that reach for minifcn.fast run a second time with it blocked, as in the student package that
-`python -m minifcn.assignments make` writes (it leaves fast.py out)."""
+`python -m minifcn.assignments make` writes (it leaves fast.py out). Lesson 10 runs once more with its GPU
+cells on tests/fake_cupy.py."""
 import json
 import os
 from pathlib import Path
 
 import pytest
 
-LESSONS = sorted((Path(__file__).resolve().parents[1] / "lessons").glob("*.ipynb"))
+import fake_cupy
+
+LESSONS_DIR = Path(__file__).resolve().parents[1] / "lessons"
+LESSONS = sorted(LESSONS_DIR.glob("*.ipynb"))
 
 
 def test_there_are_lessons():
@@ -42,6 +46,7 @@ def run_notebook(path, tmp_path, monkeypatch, pythonpath=()):
     client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
     client.execute()   # raises CellExecutionError, naming the cell, on any error or failed assert
+    return nb
 
 
 @pytest.mark.parametrize("path", LESSONS, ids=[p.stem for p in LESSONS])
@@ -64,3 +69,13 @@ def test_lesson_runs_without_the_fast_paths(path, tmp_path, monkeypatch):
     # sitecustomize runs at the kernel's start: importing minifcn.fast then raises ImportError, as in the handout
     (blocker / "sitecustomize.py").write_text("import sys\nsys.modules['minifcn.fast'] = None\n")
     run_notebook(path, tmp_path, monkeypatch, pythonpath=[str(blocker)])
+
+
+def test_lesson_10_gpu_cells_run_on_the_cupy_stand_in(tmp_path, monkeypatch):
+    """Lesson 10's GPU branch (moving arrays, the same op on both devices, the memory pool, the kernels on and off)
+    on tests/fake_cupy.py: without a GPU its GPU cells would otherwise never run."""
+    site = tmp_path / "site"
+    site.mkdir()
+    nb = run_notebook(LESSONS_DIR / "10_gpu.ipynb", tmp_path, monkeypatch, pythonpath=[str(fake_cupy.write_site(site))])
+    printed = "".join(out.get("text", "") for cell in nb.cells for out in cell.get("outputs", []))
+    assert "GPU: fake_cupy" in printed and "GPU pool: used" in printed     # the GPU cells ran, not their CPU notes
