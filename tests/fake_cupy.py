@@ -19,12 +19,15 @@ real CuPy where a GPU is lent.
 What it does not model: speed, streams and synchronisation, and CuPy's own random streams (its generator
 draws NumPy's numbers, so a fake-GPU run matches a CPU run exactly; real CuPy does not).
 """
+import collections
 import sys
 import types
 import weakref
 from pathlib import Path
 
 import numpy as np
+
+SYNCS = collections.Counter()   # copies to the host, by kind (float, int, bool, item, get, ...): GPU stalls
 
 REFUSED_HOST_COPY = ("Implicit conversion to a NumPy array is not allowed. "
                      "Please use `.get()` to construct a NumPy array explicitly.")
@@ -94,7 +97,8 @@ class ndarray(np.lib.mixins.NDArrayOperatorsMixin):
             raise ValueError("non-scalar numpy.ndarray cannot be used for fill")   # a[...] = host, a[:2] = host
         self._a[key] = value if isinstance(value, np.ndarray) else _unwrap(value)  # a[idx] = host: CuPy copies it
 
-    # --- Python's conversions: allowed, as in CuPy (each a synchronisation on a real GPU)
+    # --- Python's conversions: allowed, as in CuPy. Each copies to the host, so on a GPU it waits for every
+    # kernel queued before it (a synchronisation): SYNCS counts them, by kind.
     def __len__(self):
         return len(self._a)
 
@@ -102,15 +106,19 @@ class ndarray(np.lib.mixins.NDArrayOperatorsMixin):
         return (_wrap(row) for row in self._a)
 
     def __float__(self):
+        SYNCS["float"] += 1
         return float(self._a)
 
     def __int__(self):
+        SYNCS["int"] += 1
         return int(self._a)
 
     def __bool__(self):
+        SYNCS["bool"] += 1
         return bool(self._a)
 
     def __format__(self, spec):
+        SYNCS["format"] += 1
         return format(self._a.item() if self._a.ndim == 0 else self._a, spec)
 
     def __repr__(self):
@@ -124,6 +132,7 @@ class ndarray(np.lib.mixins.NDArrayOperatorsMixin):
 
     # --- CuPy's own
     def get(self, stream=None, out=None):
+        SYNCS["get"] += 1
         return self._a.copy()
 
     # --- the rest of numpy.ndarray's attributes and methods, on the device
@@ -135,6 +144,9 @@ class ndarray(np.lib.mixins.NDArrayOperatorsMixin):
         if name.startswith("__") or name == "ctypes":
             raise AttributeError(name)                      # no pointer to the memory, no __array_interface__
         v = getattr(self._a, name)
+        if name in ("item", "tolist"):
+            SYNCS[name] += 1
+            return v
         return _device_function(v) if callable(v) else _wrap(v)
 
 

@@ -112,3 +112,22 @@ def test_float32_convolution_at_a_vgg16_size_matches_the_plain_op(device):
     for got, ref, name in zip(fast.conv2d_backward(to_device(dout, device), fast_cache), want_grads, ("dx", "dW", "db")):
         assert got.dtype == np.float32, name
         np.testing.assert_allclose(to_numpy(got), ref, rtol=1e-4, atol=2e-3 * float(np.abs(ref).max()), err_msg=name)
+
+
+def test_host_synchronisations_per_training_iteration_on_the_gpu(tmp_path, monkeypatch):
+    """Every copy to the host (float(loss), int(...), bool(...), .get()) makes the CPU wait for the GPU's queue.
+    Counted on the stand-in, per iteration of `python -m minifcn.train --device gpu` (FCN-8s, the tiny body):
+    3 in the loss (the label check, the loss, the labelled pixels) and 15 where the fast path checks that a
+    frozen upsampling kernel is still channel by channel and separable (5 calls). More means a new stall
+    inside the step: move it out, or raise this bound with a reason."""
+    fake_cupy.install(monkeypatch)
+
+    def syncs(iters):
+        fake_cupy.SYNCS.clear()
+        assert train.main(["--device", "gpu", "--iters", str(iters), "--image-size", "40", "--val-every", "1000",
+                           "--val-images", "1", "--checkpoint-every", "1000", "--log-every", "1",
+                           "--out", str(tmp_path / str(iters))]) == 0
+        return sum(fake_cupy.SYNCS.values())
+
+    per_iteration = (syncs(6) - syncs(2)) / 4            # the start, the last validation and checkpoint cancel
+    assert per_iteration <= 18, f"{per_iteration} host synchronisations per iteration: {dict(fake_cupy.SYNCS)}"
