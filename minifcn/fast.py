@@ -299,37 +299,42 @@ def _im2col_tiled(x, g):
     return cols.reshape(N, C * KH * KW, H * W)
 
 
-def _channel_diagonal(W):
-    """W (C, C, KH, KW) that only maps channel c to channel c (the bilinear upsampling) -> its kernels
-    (C, KH, KW); any other W -> None. Such a layer upsamples each channel on its own."""
+def _diagonal(W):
+    """W (C, C, KH, KW) -> (its channel-diagonal kernels W[c, c] (C, KH, KW), whether W holds nothing off that
+    diagonal), or None where W is not square in its channels. The second is a 0-d boolean left on W's device:
+    callers fold it into their own test, so that a GPU is asked once per decision (each question is a wait)."""
     C_in, C_out = W.shape[:2]
     if C_in != C_out or C_in == 1:
         return None
     xp = xp_of(W)
     kernels = W[xp.arange(C_in), xp.arange(C_in)]                          # (C, KH, KW)
-    if int(xp.count_nonzero(W)) != int(xp.count_nonzero(kernels)):
-        return None
-    return kernels
+    return kernels, xp.count_nonzero(W) == xp.count_nonzero(kernels)
+
+
+def _channel_diagonal(W):
+    """W (C, C, KH, KW) that only maps channel c to channel c (the bilinear upsampling) -> its kernels
+    (C, KH, KW); any other W -> None. Such a layer upsamples each channel on its own."""
+    diagonal = _diagonal(W)
+    return diagonal[0] if diagonal is not None and bool(diagonal[1]) else None
 
 
 def _separable(W):
     """W (C, C, KH, KW) that maps channel c to channel c only, by a kernel that is an outer product u[c] v[c]^T
     (the bilinear kernel is: a ramp down the rows times a ramp along the columns) -> (u (C, KH), v (C, KW));
-    any other W -> None."""
-    kernels = _channel_diagonal(W)                                            # (C, KH, KW) or None
-    if kernels is None:
+    any other W -> None. All three conditions are one test on the device, read once (bool(ok)): on a GPU this
+    check runs at every call of the upsampling, forward and backward."""
+    diagonal = _diagonal(W)
+    if diagonal is None:
         return None
+    kernels, only_diagonal = diagonal
     xp = xp_of(W)
     C, KH, KW = kernels.shape
     peak = xp.abs(kernels).reshape(C, -1).argmax(axis=1)                      # each kernel's largest tap (i, j)
     c, i, j = xp.arange(C), peak // KW, peak % KW
     top = kernels[c, i, j]                                                    # (C,)
-    if not bool(xp.all(top != 0)):
-        return None
-    u, v = kernels[c, :, j], kernels[c, i, :] / top[:, None]                  # the column and the row through it
-    if not bool(xp.allclose(u[:, :, None] * v[:, None, :], kernels, rtol=1e-5, atol=0)):
-        return None
-    return u, v
+    u, v = kernels[c, :, j], kernels[c, i, :] / xp.where(top != 0, top, 1)[:, None]   # column and row through it
+    ok = only_diagonal & xp.all(top != 0) & xp.allclose(u[:, :, None] * v[:, None, :], kernels, rtol=1e-5, atol=0)
+    return (u, v) if bool(ok) else None
 
 
 def _interpolation(taps, n, stride, pad, start, length):

@@ -48,10 +48,11 @@ def _unwrap(v, host_ok=False):
 
 
 def _wrap(r):
-    """NumPy results -> fake arrays; a NumPy scalar becomes a 0-d array, as CuPy's reductions give."""
+    """NumPy results -> fake arrays; a NumPy scalar or a bool becomes a 0-d array, as CuPy's reductions and
+    cupy.allclose / array_equal give (NumPy's give a Python bool)."""
     if isinstance(r, np.ndarray):
         return ndarray(r)
-    if isinstance(r, np.generic):
+    if isinstance(r, (np.generic, bool)):
         return ndarray(np.asarray(r))
     if isinstance(r, tuple):
         return tuple(_wrap(u) for u in r)
