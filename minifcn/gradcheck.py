@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .backend import to_numpy, xp_of
+from .backend import to_device, to_numpy, xp_of
 
 
 @dataclass
@@ -103,11 +103,12 @@ def gradcheck(forward, backward, inputs, h=1e-5, num_samples=None, seed=0, atol=
     return result
 
 
-def check_all_ops(seed=0, unwritten_ok=False):
+def check_all_ops(seed=0, unwritten_ok=False, device="cpu"):
     """Gradient-check every op of minifcn.ops on small float64 inputs; returns {op name: GradcheckResult}.
 
     unwritten_ok: an op that raises NotImplementedError (an assignment not done yet) maps to None instead of
-    stopping the rest, so a student sees every op that is written checked."""
+    stopping the rest, so a student sees every op that is written checked. device "gpu": the inputs (and the
+    labels) live on the GPU, so the ops' CuPy path is the one checked."""
     from . import ops
     rng = np.random.default_rng(seed)
     normal = rng.standard_normal
@@ -132,6 +133,7 @@ def check_all_ops(seed=0, unwritten_ok=False):
     }
     results = {}
     for name, (f, b, inputs, kw) in checks.items():
+        inputs, kw = to_device(inputs, device), {k: to_device(v, device) if k == "labels" else v for k, v in kw.items()}
         try:
             results[name] = gradcheck(f, b, inputs, **kw)
         except NotImplementedError:
@@ -141,12 +143,15 @@ def check_all_ops(seed=0, unwritten_ok=False):
     return results
 
 
-if __name__ == "__main__":   # python -m minifcn.gradcheck: every op's backward against numerical derivatives
+def main(argv=None):
+    """python -m minifcn.gradcheck [--device gpu]: every op's backward against numerical derivatives."""
     import argparse
-    argparse.ArgumentParser(prog="python -m minifcn.gradcheck",
-                            description="Check every op's backward against central differences (float64, random "
-                                        "upstream gradients); exit status 1 if one disagrees by more than 1e-6.").parse_args()
-    results = check_all_ops(unwritten_ok=True)
+    p = argparse.ArgumentParser(prog="python -m minifcn.gradcheck",
+                                description="Check every op's backward against central differences (float64, random "
+                                            "upstream gradients); exit status 1 if one disagrees by more than 1e-6.")
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="where the ops run (gpu: their CuPy path)")
+    args = p.parse_args(argv)
+    results = check_all_ops(unwritten_ok=True, device=args.device)
     print(f"{'op':>22}  {'max rel. error':>14}  worst entry")
     for name, res in results.items():
         print(f"{name:>22}  " + (f"{res.max_error:>14.2e}  {res.where}" if res else f"{'-':>14}  not written yet"))
@@ -156,7 +161,12 @@ if __name__ == "__main__":   # python -m minifcn.gradcheck: every op's backward 
     if wrong:
         print(f"\n{', '.join(wrong)}: the backward disagrees with central differences (above 1e-6)")
     elif done:
-        print(f"\n{len(done)} ops agree with central differences to {worst:.1e} (float64)")
+        print(f"\n{len(done)} ops agree with central differences to {worst:.1e} (float64, on the {args.device})")
     if len(done) < len(results):
         print(f"{len(results) - len(done)} not written yet (NotImplementedError)")
-    raise SystemExit(0 if not wrong and len(done) == len(results) else 1)
+    return 0 if not wrong and len(done) == len(results) else 1
+
+
+if __name__ == "__main__":
+    from . import cli
+    raise SystemExit(cli.run(main, "python -m minifcn.gradcheck"))

@@ -3,12 +3,18 @@ import numpy as np
 import pytest
 
 from minifcn.gradcheck import check_all_ops, gradcheck, relative_error
+from minifcn.gradcheck import main as gradcheck_main
 from minifcn.ops import conv2d_backward, conv2d_forward
 
 
-def test_every_op_passes():
-    for name, res in check_all_ops().items():
+def test_every_op_passes(xp, capsys):
+    """On the CPU, and with every input on the (fake or real) GPU: the ops' CuPy path, as
+    `python -m minifcn.gradcheck --device gpu` checks it."""
+    device = "cpu" if xp is np else "gpu"
+    for name, res in check_all_ops(device=device).items():
         assert res.max_error <= 1e-6, f"{name}\n{res}"
+    assert gradcheck_main(["--device", device]) == 0
+    assert "9 ops agree with central differences to" in capsys.readouterr().out
 
 
 def test_a_transposed_weight_gradient_is_caught(rng):
