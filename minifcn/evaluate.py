@@ -12,6 +12,7 @@ each class. --save-vis DIR writes image | truth | prediction tiles.
 """
 import argparse
 import json
+import math
 import os
 from pathlib import Path
 
@@ -68,10 +69,17 @@ def main(argv=None):
     print(format_table(result, dataset.class_names))
     if args.json:
         with open(args.json, "w") as f:
-            report = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in result.items()}
+            report = {k: _no_nan(v.tolist() if hasattr(v, "tolist") else v) for k, v in result.items()}
             report.update(class_names=list(dataset.class_names), confusion=hist.astype(int).tolist())
-            json.dump(report, f, indent=1)
+            json.dump(report, f, indent=1, allow_nan=False)
     return 0
+
+
+def _no_nan(v):
+    """NaN (a class that never occurs: no IU) -> None, which JSON can hold (json.dump would write NaN, not JSON)."""
+    if isinstance(v, list):
+        return [_no_nan(u) for u in v]
+    return None if isinstance(v, float) and math.isnan(v) else v
 
 
 def _from_the_run(args, run):

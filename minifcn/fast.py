@@ -301,8 +301,9 @@ def _im2col_tiled(x, g):
 
 def _diagonal(W):
     """W (C, C, KH, KW) -> (its channel-diagonal kernels W[c, c] (C, KH, KW), whether W holds nothing off that
-    diagonal), or None where W is not square in its channels. The second is a 0-d boolean left on W's device:
-    callers fold it into their own test, so that a GPU is asked once per decision (each question is a wait)."""
+    diagonal), or None where W is not square in its channels or has one channel (then there is nothing to gain).
+    On a GPU the second is a 0-d device array (a bool on NumPy): callers fold it into their own test, so that the
+    GPU is asked once per decision (each question is a wait)."""
     C_in, C_out = W.shape[:2]
     if C_in != C_out or C_in == 1:
         return None

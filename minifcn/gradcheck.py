@@ -133,7 +133,8 @@ def check_all_ops(seed=0, unwritten_ok=False, device="cpu"):
     }
     results = {}
     for name, (f, b, inputs, kw) in checks.items():
-        inputs, kw = to_device(inputs, device), {k: to_device(v, device) if k == "labels" else v for k, v in kw.items()}
+        inputs = to_device(inputs, device)
+        kw = {k: to_device(v, device) if k == "labels" else v for k, v in kw.items()}   # the loss's labels too
         try:
             results[name] = gradcheck(f, b, inputs, **kw)
         except NotImplementedError:

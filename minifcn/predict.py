@@ -22,24 +22,35 @@ from .data.transforms import preprocess, resize_image
 from .viz import overlay, palette_png
 
 
+def net_size(shape, max_side=None):
+    """The (h, w) the net sees for an image of shape (H, W, ...): (H, W), or shrunk so that the longer side is
+    max_side when it is longer than that."""
+    H, W = shape[:2]
+    if not max_side or max(H, W) <= max_side:
+        return H, W
+    scale = max_side / max(H, W)
+    return max(1, round(H * scale)), max(1, round(W * scale))
+
+
 def predict(net, image, max_side=None):
     """(H, W, 3) uint8 RGB -> (H, W) uint8 class map, by the net's own preprocessing.
 
     max_side: an image whose longer side is larger is shrunk to it first (bilinear). The net's memory grows
     with the pixels (FCN-8s on VGG16 took 2.9 GB and 45 s on 2 CPU cores for a 2016x1512 image, so about 12 GB
     for a 4032x3024 photo), and a net finds objects best at the scale it was trained at (VOC images are about
-    500 pixels wide). The K score maps then go back to H x W
-    bilinearly, one at a time, and each pixel takes the class of the highest score there: the same argmax,
-    with smooth edges rather than blocks.
+    500 pixels wide). The K score maps then go back to H x W bilinearly and each pixel takes the class of the
+    highest score there: the same argmax, with smooth edges rather than blocks. One map at a time, because all
+    K at once would be K x H x W floats (21 classes of a 12-megapixel photo: 1 GB). Both resizes are PIL's,
+    which places pixels by their centres the same way shrinking and growing, so the maps land on the image.
     """
     H, W = image.shape[:2]
-    scale = 1.0 if not max_side or max(H, W) <= max_side else max_side / max(H, W)
-    if scale < 1:
-        image = resize_image(image, (max(1, round(H * scale)), max(1, round(W * scale))))
+    h, w = net_size(image.shape, max_side)
+    if (h, w) != (H, W):
+        image = resize_image(image, (h, w))
     xp = get_xp(net.device)
     x = xp.asarray(preprocess(image, net.preprocessing))[None]           # (1, 3, h, w)
     scores = net.forward(x, train=False)[0]                              # (K, h, w)
-    if scale == 1:
+    if (h, w) == (H, W):
         return to_numpy(scores.argmax(axis=0)).astype(np.uint8)
     scores = to_numpy(scores).astype(np.float32)
     best, pred = np.full((H, W), -np.inf, np.float32), np.zeros((H, W), np.uint8)
@@ -82,8 +93,8 @@ def main(argv=None):
         palette_png(pred).save(labels_png)
         Image.fromarray(overlay(image, pred, args.alpha)).save(overlay_png)
         classes = np.unique(pred).tolist()
-        shrunk = f" (the net saw it at {args.max_side} on its longer side)" if args.max_side and max(
-            image.shape[:2]) > args.max_side else ""
+        h, w = net_size(image.shape, args.max_side)
+        shrunk = f" (the net saw it at {w}x{h})" if (h, w) != image.shape[:2] else ""
         print(f"{path}: {image.shape[1]}x{image.shape[0]}{shrunk} -> classes {classes}; {labels_png}")
     if skipped:
         raise DataError(f"{len(skipped)} of {len(images)} images could not be read (see above: "

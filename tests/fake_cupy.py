@@ -16,7 +16,8 @@ scripts, a notebook's kernel). It cannot run CUDA code: the ElementwiseKernel fa
 tests/test_gpu_kernels.py checks those kernels' C bodies through cc, and `pytest -m gpu` runs everything on
 real CuPy where a GPU is lent.
 
-What it does not model: speed, streams and synchronisation, and CuPy's own random streams (its generator
+What it does not model: speed, streams (it counts host synchronisations, SYNCS, but nothing ever waits), and
+CuPy's own random streams (its generator
 draws NumPy's numbers, so a fake-GPU run matches a CPU run exactly; real CuPy does not).
 """
 import collections

@@ -93,7 +93,7 @@ def test_time_budget_fixes_the_length_and_resume_keeps_it(tmp_path, monkeypatch,
     monkeypatch.setattr(train, "DEFAULT_ITERS", 9)
     monkeypatch.setattr(train, "fit_budget", lambda *a: 7)       # as if 7 iterations fitted on this machine
     whole, part = tmp_path / "whole", tmp_path / "part"
-    args = ["--val-every", "100", "--checkpoint-every", "2"]      # no --iters: the budget applies (9 minutes)
+    args = ["--val-every", "100", "--checkpoint-every", "2"]      # no --iters: the budget applies (8.5 minutes)
     assert run_train(whole, *args) == 0
     assert "7 of 9 iterations fit" in capsys.readouterr().err
     assert [r["iter"] for r in map(json.loads, open(whole / "log.jsonl")) if "loss" in r] == list(range(1, 8))
@@ -161,6 +161,8 @@ def test_evaluate_and_predict(tmp_path, capsys):
     hist = np.array(report["confusion"])                        # rows truth, columns prediction, pixels
     assert hist.shape == (6, 6) and hist.sum() == 3 * 24 * 24 and report["class_names"][3] == "triangle"
     assert report["pixel_acc"] == pytest.approx(np.trace(hist) / hist.sum())
+    absent = [c for c in range(6) if hist[c].sum() == 0 and hist[:, c].sum() == 0]
+    assert absent and all(report["iu"][c] is None for c in absent)        # no IU: null, not NaN (not JSON)
 
     image = np.random.default_rng(0).integers(0, 255, (19, 31, 3), dtype=np.uint8)
     Image.fromarray(image).save(tmp_path / "odd.jpg")
@@ -491,7 +493,7 @@ def test_predict_max_side_on_the_command_line(tmp_path, capsys):
     Image.fromarray(np.random.default_rng(2).integers(0, 256, (30, 48, 3), dtype=np.uint8)).save(tmp_path / "im.png")
     assert predict.main([ckpt, str(tmp_path / "im.png"), "--out", str(tmp_path / "out"), "--max-side", "24"]) == 0
     assert Image.open(tmp_path / "out" / "im.png").size == (48, 30)        # written at the image's own size
-    assert "48x30 (the net saw it at 24 on its longer side)" in capsys.readouterr().out
+    assert "48x30 (the net saw it at 24x15)" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         predict.main([ckpt, str(tmp_path / "im.png"), "--out", str(tmp_path / "out"), "--max-side", "0"])
     assert "--max-side is the longest side" in capsys.readouterr().err
