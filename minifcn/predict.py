@@ -22,6 +22,9 @@ from .data.transforms import preprocess, resize_image
 from .viz import overlay, palette_png
 
 
+BIG = 4_000_000      # pixels: above this (a phone photo) without --max-side, predict says what it will cost
+
+
 def net_size(shape, max_side=None):
     """The (h, w) the net sees for an image of shape (H, W, ...): (H, W), or shrunk so that the longer side is
     max_side when it is longer than that."""
@@ -81,7 +84,7 @@ def main(argv=None):
     images = image_files(args.images)
     outputs = _output_names(images, args.out)                 # checked before anything is written
     os.makedirs(args.out, exist_ok=True)
-    skipped = []
+    skipped, warned = [], False
     for path, (labels_png, overlay_png) in zip(images, outputs):
         try:
             image = read_image(path, upright=True)              # (H, W, 3), as a viewer shows it
@@ -89,6 +92,11 @@ def main(argv=None):
             print(f"skipped {e}", file=sys.stderr)
             skipped.append(path)
             continue
+        if args.max_side is None and image.shape[0] * image.shape[1] > BIG and not warned:
+            warned = True
+            print(f"note: {path} is {image.shape[1]}x{image.shape[0]}; the net sees every pixel (FCN-8s on VGG16 "
+                  "needs about 1 GB a megapixel on the CPU). --max-side 500 is much lighter and is the scale of VOC's "
+                  "images", file=sys.stderr)
         pred = predict(net, image, args.max_side)
         palette_png(pred).save(labels_png)
         Image.fromarray(overlay(image, pred, args.alpha)).save(overlay_png)

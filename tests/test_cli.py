@@ -488,7 +488,7 @@ def test_max_side_shrinks_what_the_net_sees_and_scales_the_scores_back():
     assert np.array_equal(predict.predict(net, image, max_side=200), full)   # not larger: untouched
 
 
-def test_predict_max_side_on_the_command_line(tmp_path, capsys):
+def test_predict_max_side_on_the_command_line(tmp_path, capsys, monkeypatch):
     ckpt = scored_net(4).save(tmp_path / "net.npz")
     Image.fromarray(np.random.default_rng(2).integers(0, 256, (30, 48, 3), dtype=np.uint8)).save(tmp_path / "im.png")
     assert predict.main([ckpt, str(tmp_path / "im.png"), "--out", str(tmp_path / "out"), "--max-side", "24"]) == 0
@@ -497,6 +497,9 @@ def test_predict_max_side_on_the_command_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         predict.main([ckpt, str(tmp_path / "im.png"), "--out", str(tmp_path / "out"), "--max-side", "0"])
     assert "--max-side is the longest side" in capsys.readouterr().err
+    monkeypatch.setattr(predict, "BIG", 48 * 30 - 1)                    # as if it were a phone photo
+    assert predict.main([ckpt, str(tmp_path / "im.png"), str(tmp_path / "im.png"), "--out", str(tmp_path / "o2")]) == 0
+    assert capsys.readouterr().err.count("the net sees every pixel") == 1    # said once, not for every image
 
 
 def test_best_npz_keeps_the_best_validation_not_the_last(tmp_path, monkeypatch):
