@@ -17,8 +17,8 @@ tests/test_gpu_kernels.py checks those kernels' C bodies through cc, and `pytest
 real CuPy where a GPU is lent.
 
 What it does not model: speed, streams (it counts host synchronisations, SYNCS, but nothing ever waits), and
-CuPy's own random streams (its generator
-draws NumPy's numbers, so a fake-GPU run matches a CPU run exactly; real CuPy does not).
+CuPy's own random streams (its generator draws NumPy's numbers, so a fake-GPU run matches a CPU run exactly;
+real CuPy does not).
 """
 import collections
 import sys
@@ -29,9 +29,12 @@ from pathlib import Path
 import numpy as np
 
 SYNCS = collections.Counter()   # copies to the host, by kind (float, int, bool, item, get, ...): GPU stalls
+_LIVE = {}          # id -> weak reference, for every live NumPy array that owns the memory of a device array
 
 REFUSED_HOST_COPY = ("Implicit conversion to a NumPy array is not allowed. "
                      "Please use `.get()` to construct a NumPy array explicitly.")
+# CuPy functions that copy host arrays over themselves (cupy.asanyarray inside); the others refuse them.
+TAKE_HOST_ARRAYS = {"asanyarray", "einsum", "zeros_like", "empty_like", "ones_like", "full_like", "vstack", "hstack"}
 
 
 def _unwrap(v, host_ok=False):
@@ -220,9 +223,6 @@ class ElementwiseKernel:
         raise CompileException("the CuPy stand-in cannot compile CUDA code")
 
 
-_LIVE = {}          # id -> weak reference, for every live NumPy array that owns the memory of a device array
-
-
 class _Pool:
     """The memory pool's bookkeeping, as the benchmark scripts and lesson 10 ask for it: used_bytes is what the
     live device arrays hold; nothing is pooled (total_bytes is the same figure)."""
@@ -260,10 +260,6 @@ cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda
                                                            getDeviceProperties=lambda i: {"name": b"fake_cupy"}),
                              compiler=types.SimpleNamespace(CompileException=CompileException),
                              Device=_Device, set_allocator=lambda malloc=None: None)
-
-
-# CuPy functions that copy host arrays over themselves (cupy.asanyarray inside); the others refuse them.
-TAKE_HOST_ARRAYS = {"asanyarray", "einsum", "zeros_like", "empty_like", "ones_like", "full_like", "vstack", "hstack"}
 
 
 def __getattr__(name):
