@@ -3,13 +3,15 @@
 # minutes of device time in all, the machine's start included, and at most 10 minutes a call. From the repository
 # root on the GPU machine:
 #
-#   bash benchmarks/gpu_session.sh            # all of it, most needed first, about 8 minutes at most
+#   bash benchmarks/gpu_session.sh            # all of it, most needed first, about 8 minutes in practice
 #   bash benchmarks/gpu_session.sh tests      # only pytest -m gpu and the training run (the first two steps)
 #   bash benchmarks/gpu_session.sh bench      # only model_speed.py and ops.py against PyTorch
 #
 # Steps, in order, each with its own time limit: pytest -m gpu (180 s); python -m minifcn.train --device gpu on
-# the full VGG16 for 100 iterations, for its iterations per second (90 s); model_speed.py --device gpu (150 s);
-# ops.py --device gpu (60 s). A step that fails or times out is logged and the next one still runs.
+# the full VGG16 for 100 iterations, for its iterations per second (90 s); the same for the bare command's tiny net
+# (45 s); python -m minifcn.gradcheck --device gpu (30 s); model_speed.py --device gpu (150 s); ops.py --device gpu
+# (60 s): 9 min 15 s at the very most, under the device tool's 10 minutes for one call. A step that fails or times
+# out is logged and the next one still runs.
 #
 # Every log lands in $OUT (the device tool's folder that comes back; /tmp/gpu-session elsewhere). The benchmarks'
 # --append edits the device's copy of benchmarks/RESULTS.md, which does not come back by itself: the script
@@ -40,6 +42,12 @@ tests() {
     step train_gpu 90 python3 -m minifcn.train --device gpu --backbone vgg16 --iters 100 --val-every 100 \
         --val-images 10 --log-every 10 --checkpoint-every 100 --out /tmp/train_gpu
     cp /tmp/train_gpu/log.jsonl "$OUT/train_gpu_log.jsonl" 2>/dev/null
+    # the bare command's net (FCN-8s, vgg16-tiny, 160x160, batch 2) on the GPU: its iterations per second beside the
+    # CPU's (about 6.5 a second on 2 Xeon cores), and every op's backward checked on CuPy
+    step train_gpu_tiny 45 python3 -m minifcn.train --device gpu --iters 500 --val-every 500 --val-images 20 \
+        --log-every 50 --checkpoint-every 500 --out /tmp/train_gpu_tiny
+    cp /tmp/train_gpu_tiny/log.jsonl "$OUT/train_gpu_tiny_log.jsonl" 2>/dev/null
+    step gradcheck_gpu 30 python3 -m minifcn.gradcheck --device gpu
 }
 
 bench() {
