@@ -111,8 +111,9 @@ def _band_cols(x_pad, buf, r0, r, g):
     KH, KW, sh, sw, dh, dw, OW = g
     C = x_pad.shape[0]
     cols = buf[:C * KH * KW * r * OW]
-    if _cuda_kernels(x_pad) and gpu_kernels.band_cols(x_pad, cols.reshape(C * KH * KW, r * OW), r0, r, g):
-        return cols.reshape(C * KH * KW, r * OW)
+    flat = cols.reshape(C * KH * KW, r * OW)
+    if _cuda_kernels(x_pad) and gpu_kernels.band_cols(x_pad, flat, r0, r, g):
+        return flat
     cols = cols.reshape(C, KH, KW, r, OW)
     for i in range(KH):
         for j in range(KW):

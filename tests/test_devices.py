@@ -16,19 +16,8 @@ from PIL import Image
 import fake_cupy
 
 from minifcn import evaluate, fast, ops, predict, train
-from minifcn.backend import gpu_available, to_device, to_numpy
+from minifcn.backend import to_device, to_numpy
 from minifcn.models import build, load
-
-
-@pytest.fixture(params=["cpu", "fake_gpu", pytest.param("gpu", marks=pytest.mark.gpu)])
-def device(request, monkeypatch):
-    """'fake_gpu' runs the GPU path on tests/fake_cupy.py, which refuses what CuPy refuses (host arrays)."""
-    if request.param == "fake_gpu":
-        fake_cupy.install(monkeypatch)
-        return "gpu"
-    if request.param == "gpu" and not gpu_available():
-        pytest.skip("CuPy or a CUDA device is not available")
-    return request.param
 
 
 def losses(out):

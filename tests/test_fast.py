@@ -10,10 +10,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-import fake_cupy
-
 from minifcn import fast, ops, train, winograd
-from minifcn.backend import gpu_available, to_device, to_numpy
+from minifcn.backend import to_device, to_numpy
 from minifcn.im2col import conv_output_size
 from minifcn.models import build, load
 from minifcn.ops.pool import pool_output_size
@@ -26,17 +24,6 @@ def small_bands(monkeypatch):
     monkeypatch.setattr(fast, "BLOCK", 97)
     monkeypatch.setattr(fast, "GPU_BLOCK", 97)
     monkeypatch.setattr(winograd, "BLOCK", 97)
-
-
-@pytest.fixture(params=["fake_cupy", pytest.param("cupy", marks=pytest.mark.gpu)])
-def cupy(request, monkeypatch):
-    """Real CuPy under `pytest -m gpu`; everywhere, tests/fake_cupy.py (the CuPy path without the CUDA kernels)."""
-    if request.param == "fake_cupy":
-        return fake_cupy.install(monkeypatch)
-    if not gpu_available():
-        pytest.skip("CuPy or a CUDA device is not available")
-    import cupy
-    return cupy
 
 
 def close(a, b, tol=1e-10):
