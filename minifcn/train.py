@@ -259,17 +259,32 @@ def fit_budget(budget, elapsed, it, wanted, step, val, val_every, save, save_eve
 
 def evaluate(net, dataset, batch_size=1, limit=None, visit=None):
     """Confusion matrix over a split (inference mode) -> (hist, scores dict). visit(i, image, label, pred)
-    is called for every image (for saving pictures)."""
+    is called for every image (for saving pictures).
+
+    batch_size: up to this many consecutive images of one size go through the net together (a split whose
+    images differ in size, like VOC's, mostly goes one at a time); the scores are the same either way.
+    """
     K, xp = net.num_classes, get_xp(net.device)
     hist = np.zeros((K, K), np.int64)
     n = len(dataset) if limit is None else min(limit, len(dataset))
+    group = []                                                   # [(i, image, label)] of one size
+
+    def run(group):
+        x = xp.stack([xp.asarray(_preprocess(image, net.preprocessing)) for _, image, _ in group])  # (B, 3, H, W)
+        preds = net.forward(x, train=False).argmax(axis=1)                        # (B, H, W)
+        hist[...] += confusion(preds, xp.asarray(np.stack([label for _, _, label in group])), K)
+        if visit is not None:
+            for (i, image, label), pred in zip(group, to_numpy(preds)):
+                visit(i, image, label, pred)
+
     for i in range(n):
         image, label = dataset[i]
-        x = xp.asarray(_preprocess(image, net.preprocessing))[None]
-        pred = net.forward(x, train=False).argmax(axis=1)[0]                     # (H, W)
-        hist += confusion(pred, xp.asarray(label), K)
-        if visit is not None:
-            visit(i, image, label, to_numpy(pred))
+        if group and (len(group) == batch_size or group[0][1].shape != image.shape):
+            run(group)
+            group = []
+        group.append((i, image, label))
+    if group:
+        run(group)
     return hist, scores(hist)
 
 

@@ -439,6 +439,25 @@ def test_evaluate_adds_up_one_confusion_matrix_over_the_split_and_shows_each_ima
     assert result["pixel_acc"] == np.trace(want) / want.sum()
 
 
+def test_evaluate_in_batches_of_one_size_gives_what_one_at_a_time_gives():
+    net = scored_net(6)
+    small, large = ShapesDataset("val", size=24, num_images=6), ShapesDataset("val", size=32, num_images=6)
+    ds = [small[0], small[1], small[2], small[3], large[4], small[5]]      # one image of another size
+    calls = []
+    forward = net.forward
+    net.forward = lambda x, **kw: calls.append(x.shape[0]) or forward(x, **kw)
+    seen_one, seen_batched = [], []
+    hist_one, _ = train.evaluate(net, ds, visit=lambda *a: seen_one.append(a))
+    assert calls == [1] * 6
+    calls.clear()
+    hist_batched, _ = train.evaluate(net, ds, batch_size=3, visit=lambda *a: seen_batched.append(a))
+    assert calls == [3, 1, 1, 1]                        # a batch is full at 3, and ends where the size changes
+    np.testing.assert_array_equal(hist_batched, hist_one)
+    assert [a[0] for a in seen_batched] == list(range(6))
+    for (_, _, _, pred_one), (_, _, _, pred_batched) in zip(seen_one, seen_batched):
+        np.testing.assert_array_equal(pred_batched, pred_one)
+
+
 def test_evaluate_generates_the_shapes_at_the_checkpoints_image_size(tmp_path, capsys):
     ckpt = scored_net(6).save(tmp_path / "c.npz", extra={"__train__": np.array(json.dumps({"args": {"image_size": 24}}))})
     assert evaluate.main([ckpt, "--limit", "1"]) == 0
