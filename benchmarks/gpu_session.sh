@@ -40,12 +40,12 @@ tests() {
     step pytest_gpu 180 python3 -m pytest -m gpu -q -x -p no:cacheprovider
     # FCN-8s on the full VGG16 body on the GPU: iterations per second (log.jsonl has pixels_per_s; batch 2, 160x160)
     step train_gpu 90 python3 -m minifcn.train --device gpu --backbone vgg16 --iters 100 --val-every 100 \
-        --val-images 10 --log-every 10 --checkpoint-every 100 --out /tmp/train_gpu
+        --val-images 10 --log-every 10 --checkpoint-every 100 --out /tmp/train_gpu --overwrite
     cp /tmp/train_gpu/log.jsonl "$OUT/train_gpu_log.jsonl" 2>/dev/null
     # the bare command's net (FCN-8s, vgg16-tiny, 160x160, batch 2) on the GPU: its iterations per second beside the
     # CPU's (about 6.5 a second on 2 Xeon cores), and every op's backward checked on CuPy
     step train_gpu_tiny 45 python3 -m minifcn.train --device gpu --iters 500 --val-every 500 --val-images 20 \
-        --log-every 50 --checkpoint-every 500 --out /tmp/train_gpu_tiny
+        --log-every 50 --checkpoint-every 500 --out /tmp/train_gpu_tiny --overwrite
     cp /tmp/train_gpu_tiny/log.jsonl "$OUT/train_gpu_tiny_log.jsonl" 2>/dev/null
     step gradcheck_gpu 30 python3 -m minifcn.gradcheck --device gpu
 }

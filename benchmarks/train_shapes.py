@@ -33,7 +33,7 @@ STAGES = {"fcn32s": ["fcn32s"], "fcn16s": ["fcn32s", "fcn16s"], "fcn8s": ["fcn32
 
 def run(model, out, extra):
     """Train one model; return (wall seconds, the last validation record of its log, return code)."""
-    cmd = [sys.executable, "-m", "minifcn.train", "--out", str(out)]
+    cmd = [sys.executable, "-m", "minifcn.train", "--out", str(out), "--overwrite"]     # its folders: rerun in place
     if model != "fcn8s":                      # fcn8s is the default: keep the bare command bare
         cmd += ["--model", model]
     cmd += extra

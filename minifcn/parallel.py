@@ -205,6 +205,7 @@ def _worker(arch, config, places, dtype, trainable, param_block, grad_block, pip
         net.input_grad = False
         grads = views(grad_block, places, dtype)
         dropouts = [layer for layer in net.layers if isinstance(layer, Dropout) and layer.p > 0]
+        np.seterr(over="ignore", invalid="ignore")   # a diverging loss: the trainer stops and explains, no warnings first
         pipe.send(("ready",))
         while (message := pipe.recv()) is not None:
             x, labels, seeds = message

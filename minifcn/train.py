@@ -26,7 +26,8 @@ length on any machine.
 
 Written to --out: log.jsonl (one JSON object every --log-every iterations, with the mean loss over them, and one
 per validation), curves.png, checkpoint.npz (every --checkpoint-every iterations and at the end; atomically, so a
-crash or Ctrl-C never leaves a broken one) and best.npz (the best validation mean IU so far).
+crash or Ctrl-C never leaves a broken one) and best.npz (the best validation mean IU so far). A new run never
+replaces a run already in --out (without --out it takes runs/train, else runs/train-2, -3, ...) unless --overwrite.
 """
 import argparse
 import json
@@ -34,6 +35,7 @@ import math
 import os
 import sys
 import time
+import zipfile
 
 import numpy as np
 
@@ -41,7 +43,7 @@ from . import cli, models, parallel
 from .backend import get_xp, to_numpy
 from .data import get_dataset
 from .data.shapes import DEFAULT_COUNTS
-from .data.transforms import TORCHVISION_VGG, batches
+from .data.transforms import TORCHVISION_VGG, batches, batches_per_epoch
 from .layers import Dropout, ReLU
 from .metrics import confusion, format_table, scores
 from .ops import softmax_cross_entropy
@@ -127,13 +129,26 @@ def parse_args(argv=None):
     p.add_argument("--val-images", type=int, default=None, help="validate on the first N images only")
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--out", default=None, help="output folder (default runs/train; with --resume, the checkpoint's)")
+    p.add_argument("--out", default=None, help="output folder (default: runs/train, or runs/train-2, -3, ... when that "
+                                               "holds a run; with --resume, the checkpoint's)")
+    p.add_argument("--overwrite", action="store_true", help="start a new run in an --out that holds one (its "
+                   "checkpoints, log and curves are deleted first)")
     args = p.parse_args(argv)
     if args.resume:
         _restore_options(p, args, argv)
     if args.out is None:
-        args.out = "runs/train"
-    for flag in ("iters", "batch_size", "val_every", "val_images", "checkpoint_every", "log_every", "lr_step"):
+        args.out = next(f"runs/train{n}" for n in ["", *(f"-{k}" for k in range(2, 10 ** 6))]
+                        if not holds_run(f"runs/train{n}"))
+    elif holds_run(args.out) and not args.resume and not args.overwrite:
+        p.error(f"--out {args.out} holds a run already ({', '.join(holds_run(args.out))}); continue it with --resume "
+                f"{os.path.join(args.out, 'checkpoint.npz')}, pick another --out, or pass --overwrite to replace it")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        p.error(f"--out {args.out} is a file, not a folder: pick another --out")
+    if args.num_classes is not None and not 2 <= args.num_classes <= 255:
+        p.error(f"--num-classes must be 2..255 (a mask holds one byte per pixel and 255 means 'ignore'), "
+                f"got {args.num_classes}")
+    for flag in ("iters", "batch_size", "crop_size", "val_every", "val_images", "checkpoint_every", "log_every",
+                 "lr_step"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
@@ -174,21 +189,36 @@ def parse_args(argv=None):
 
 
 _UNSET = object()
-NOT_RESTORED = ("resume", "out", "time_budget")    # a resumed run keeps the first run's length, not its budget
+NOT_RESTORED = ("resume", "out", "time_budget", "overwrite")
+NET_OPTIONS = ("backbone", "width", "dropout", "learnable_upsampling")   # the net a checkpoint holds: fixed on resume    # a resumed run keeps the first run's length, not its budget
 # options whose default is worked out from others: a resumed run takes the saved value only if none of those is given
 DERIVED = {"optimizer": ("loss",), "lr": ("loss", "optimizer"), "warmup": ("loss", "optimizer"), "momentum": ("loss",),
            "dropout": ("backbone",), "workers": ("device", "backbone", "batch_size")}
 
 
-def saved_args(path):
-    """The options a training checkpoint was made with (its '__train__' entry), or {} for any other file."""
+RUN_FILES = ("checkpoint.npz", "best.npz", "log.jsonl", "curves.png")     # what a run writes to --out
+
+
+def holds_run(folder):
+    """The files of a training run in `folder` (an empty list when there are none)."""
+    return [name for name in RUN_FILES if os.path.isfile(os.path.join(folder, name))]
+
+
+def saved_state(path):
+    """The training state a checkpoint was saved with (its '__train__' entry: iter, args, ...), or {} for any
+    other file."""
     try:
         with np.load(path, allow_pickle=False) as f:
             if "__train__" in f.files:
-                return json.loads(str(f["__train__"])).get("args", {})
-    except (OSError, ValueError):
+                return json.loads(str(f["__train__"]))
+    except (OSError, ValueError, zipfile.BadZipFile):
         pass                        # not there or not an .npz: load_checkpoint says so, naming the file
     return {}
+
+
+def saved_args(path):
+    """The options a training checkpoint was made with, or {} for any other file."""
+    return saved_state(path).get("args", {})
 
 
 def _restore_options(parser, args, argv):
@@ -197,6 +227,12 @@ def _restore_options(parser, args, argv):
     folder. Options given on the command line win (a note lists the rest that differ from the defaults)."""
     saved = saved_args(args.resume)
     given = parser.parse_args(argv, namespace=argparse.Namespace(**{k: _UNSET for k in vars(args)}))
+    changed = [f"--{k.replace('_', '-')} {getattr(args, k)} (it has {saved[k]})" for k in NET_OPTIONS
+               if k in saved and getattr(given, k) is not _UNSET and getattr(args, k) != saved[k]]
+    if changed:
+        parser.error(f"--resume {args.resume} continues the net saved in it, so these cannot change: "
+                     f"{', '.join(changed)}; leave them out, or start a new run from its weights with --init "
+                     f"{args.resume} --out ANOTHER_FOLDER")
     restored = []
     for k, v in saved.items():
         if k in NOT_RESTORED or not hasattr(args, k) or getattr(given, k) is not _UNSET:
@@ -293,6 +329,8 @@ def dead_relu(net, images):
 
     Such a layer passes no gradient down, ever: everything below it has stopped learning for good.
     """
+    if not images:
+        return None
     xp, alive = get_xp(net.device), set()
     for image in images:                                    # one at a time: a dataset's images may differ in size
         x = xp.asarray(_preprocess(image, net.preprocessing))[None]
@@ -328,7 +366,13 @@ def load_checkpoint(path, device):
 def main(argv=None):
     t_start = time.monotonic()
     args = parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
+    try:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, ".write-test"), "w"):   # fail now, not at the first checkpoint
+            pass
+        os.remove(os.path.join(args.out, ".write-test"))
+    except OSError as e:
+        raise OSError(f"--out {args.out}: cannot write there ({e.strerror}); pick another --out") from e
     xp = get_xp(args.device)
     # shapes: keep the drawn scenes when they fit in SHAPES_CACHE_BYTES (at 160 x 160 the train split takes 205 MB)
     cache = 4 * args.image_size ** 2 * DEFAULT_COUNTS["train"] <= SHAPES_CACHE_BYTES
@@ -350,15 +394,22 @@ def main(argv=None):
         print(f"note: validation reads the training images ({train_set.name} has no separate {args.val_split} split): "
               "its scores say how well the net fits them, not how it does on new images; for a folder, put the "
               "images in ROOT/train/ and ROOT/val/ (each with images/ and masks/)", file=sys.stderr)
+    if args.num_classes is not None and args.dataset != "folder" and args.num_classes != train_set.num_classes:
+        raise ValueError(f"--num-classes {args.num_classes}: {train_set.name} has {train_set.num_classes} classes; "
+                         "leave --num-classes out (it is for a folder of your own masks)")
     K = args.num_classes or train_set.num_classes
 
     log_path = os.path.join(args.out, "log.jsonl")
     ckpt_path = os.path.join(args.out, "checkpoint.npz")
     net, opt, start, best, saved_total = _start(args, K, log_path)
-    wanted = args.iters or (int(math.ceil(args.epochs * len(train_set) / args.batch_size)) if args.epochs else DEFAULT_ITERS)
+    per_epoch = batches_per_epoch(len(train_set), args.batch_size)           # the last batch of a pass may be smaller
+    wanted = args.iters or (int(math.ceil(args.epochs * per_epoch)) if args.epochs else DEFAULT_ITERS)
     total, budget = wanted, args.time_budget * 60
     if saved_total is not None and args.iters is None and args.epochs is None:
         total, budget = saved_total, 0.0          # the length the first run fitted to its budget: the same schedule
+    if start >= total:
+        raise ValueError(f"--resume {args.resume} is at iteration {start} already, and this run ends at {total}: "
+                         f"pass --iters N (the total, counted from the first run's start) with N > {start}")
     net.input_grad = False                                          # the images need no gradient
     dropouts = [(i, layer) for i, layer in enumerate(net.layers) if isinstance(layer, Dropout) and layer.p > 0]
     cut = f" (or fewer, to fit {args.time_budget:g} minutes)" if budget else ""
@@ -374,11 +425,13 @@ def main(argv=None):
     batch_iter = batches(train_set, args.batch_size, shuffle=True, seed=args.seed, crop_size=args.crop_size,
                          mirror=True, preprocessing=net.preprocessing, start=start)
     progress = Progress(total, start)
-    saved = {**vars(args), **{k: os.path.abspath(getattr(args, k)) for k in ("data_root", "init") if getattr(args, k)}}
+    saved = {**vars(args), **{k: os.path.abspath(getattr(args, k)) for k in ("data_root", "init") if getattr(args, k)},
+             **{k: getattr(net, k) for k in NET_OPTIONS}}                # the net's own, resumed or new
     state = {"iter": start, "best_mean_iu": best, "args": saved, "total": total}   # paths absolute: resume from anywhere
     it, t_last, pixels, t_timed = start, time.time(), 0, None
     losses = []                                      # since the last log line: the logged loss is their mean
     workers = None
+    last = args.resume                               # the last checkpoint of this run (None until one is written)
     try:
         if args.workers > 1:
             # net.params move into shared memory, which the workers' replicas read; the optimiser, made above,
@@ -398,7 +451,7 @@ def main(argv=None):
                         f"the loss became {loss} at iteration {it}. The usual cause is a learning rate too large "
                         f"for the loss: --loss sum adds up every pixel and needs a tiny rate (the paper's 1e-10 "
                         f"with momentum 0.99), --loss mean pairs with ~1e-4..1e-2 (yours: --loss {args.loss} "
-                        f"--lr {args.lr:g}). The last good checkpoint is kept: {ckpt_path}")
+                        f"--lr {args.lr:g}). {_kept(last, args)}")
                 opt.step(grads, lr)
                 it += 1
                 losses.append(loss)
@@ -409,6 +462,7 @@ def main(argv=None):
                     progress.newline()
                     total = progress.total = state["total"] = _fit(
                         net, opt, val_set, args, state, it, total, budget, t_start, t_timed, ckpt_path)
+                    last = ckpt_path
                 if it % args.log_every == 0 or it == total:
                     now = time.time()
                     speed = pixels / max(now - t_last, 1e-9)
@@ -434,12 +488,16 @@ def main(argv=None):
                 if it % args.checkpoint_every == 0 or it == total:
                     state["iter"] = it
                     save_checkpoint(ckpt_path, net, opt, state)
+                    last = ckpt_path
                     plot_curves(log_path, os.path.join(args.out, "curves.png"))
     except KeyboardInterrupt:
         progress.newline()
-        print(f"\ninterrupted at iteration {it}. The last checkpoint is {ckpt_path}; continue with "
-              f"python -m minifcn.train --resume {ckpt_path} (its options are saved in it)", file=sys.stderr)
+        print(f"\ninterrupted at iteration {it}. {_kept(last, args)}", file=sys.stderr)
         return 130
+    except OSError as e:                             # a full disk, a folder gone: nothing written so far is lost
+        progress.newline()
+        print(f"\nstopped at iteration {it}: {e}. {_kept(last, args)}", file=sys.stderr)
+        return 1
     except FloatingPointError as e:
         print(f"\nstopped: {e}", file=sys.stderr)
         return 1
@@ -450,6 +508,15 @@ def main(argv=None):
     print(f"done: {total} iterations; best val mean IU {state['best_mean_iu']:.4f}; checkpoint {ckpt_path}",
           file=sys.stderr)
     return 0
+
+
+def _kept(last, args):
+    """What a stopped run leaves to continue from: its last checkpoint, or a note that it wrote none."""
+    if last is None:
+        return (f"No checkpoint was written yet (the first comes at iteration {args.checkpoint_every}, "
+                "--checkpoint-every): there is nothing to resume; start the run again")
+    return (f"The last checkpoint is kept: {last}; continue with python -m minifcn.train --resume {last} "
+            "(its options are saved in it)")
 
 
 def _start(args, K, log_path):
@@ -476,7 +543,13 @@ def _start(args, K, log_path):
             print(f"note: {args.resume} was trained on the {saved_device}, this run is on the {args.device}: the dropout "
                   "masks come from another generator (NumPy's or cuRAND's), so it continues, but not to the bit",
                   file=sys.stderr)
-        _truncate_log(log_path, start)
+        here = os.path.join(args.out, "checkpoint.npz")
+        further = saved_state(here).get("iter", -1) if not _same_file(here, args.resume) else -1
+        if further > start and not args.overwrite:
+            raise ValueError(f"{here} is at iteration {further}, further on than {args.resume} ({start}): continuing "
+                             f"here would overwrite it and cut the log at {start}. Pass --out ANOTHER_FOLDER to continue "
+                             f"from iteration {start} there, or --overwrite to replace the later checkpoint")
+        _copy_log(os.path.join(os.path.dirname(os.path.abspath(args.resume)), "log.jsonl"), log_path, start)
     else:
         net = models.build(args.model, num_classes=K, backbone=args.backbone, width=args.width,
                            dropout=args.dropout, learnable_upsampling=args.learnable_upsampling, seed=args.seed,
@@ -484,6 +557,8 @@ def _start(args, K, log_path):
         if args.init is None:   # from scratch: inputs of unit scale, which He-initialised layers expect
             net.preprocessing = dict(TORCHVISION_VGG)
         velocities, start, best, saved_total = {}, 0, -1.0, None
+        for name in holds_run(args.out):             # --overwrite (parse_args refused a folder with a run otherwise)
+            os.remove(os.path.join(args.out, name))
         open(log_path, "w").close()
         if net.init_report is not None:
             print(net.init_report, file=sys.stderr)
@@ -507,10 +582,11 @@ def _step(net, workers, dropouts, x, labels, args, it):
     xp = get_xp(net.device)
     for i, layer in dropouts:                           # masks of iteration `it`, reproducibly
         layer.rng = xp.random.default_rng(iteration_seed(args.seed, it, 1 + i))
-    scores_ = net.forward(x, train=True)                # (N, K, H, W)
-    loss, dscores = softmax_cross_entropy(scores_, labels, reduction=args.loss)
-    if math.isfinite(loss):
-        net.backward(dscores)
+    with np.errstate(over="ignore", invalid="ignore"):   # a diverging loss: main() stops and explains, no warnings first
+        scores_ = net.forward(x, train=True)            # (N, K, H, W)
+        loss, dscores = softmax_cross_entropy(scores_, labels, reduction=args.loss)
+        if math.isfinite(loss):
+            net.backward(dscores)
     return loss, net.grads
 
 
@@ -559,14 +635,21 @@ def _refit(budget, t_start, t_timed, it, wanted, total, val):
     return fitted
 
 
-def _truncate_log(log_path, it):
-    """Drop log lines past iteration `it` (written after the checkpoint a resumed run starts from)."""
-    if not os.path.exists(log_path):
-        return
-    with open(log_path) as f:
-        keep = [line for line in f if line.strip() and json.loads(line)["iter"] <= it]
-    with open(log_path, "w") as f:
+def _copy_log(source, log_path, it):
+    """A resumed run's log: the lines of `source` (the log beside the checkpoint) up to iteration `it`, the ones
+    written after that checkpoint dropped. Written to a temporary file first, so a crash keeps the old log."""
+    keep = []
+    if os.path.exists(source):
+        with open(source) as f:
+            keep = [line for line in f if line.strip() and json.loads(line)["iter"] <= it]
+    tmp = log_path + ".tmp"
+    with open(tmp, "w") as f:
         f.writelines(keep)
+    os.replace(tmp, log_path)
+
+
+def _same_file(a, b):
+    return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
 
 
 if __name__ == "__main__":

@@ -329,7 +329,8 @@ def test_resume_from_another_folder_finds_a_relative_data_root(tmp_path, monkeyp
 
 @pytest.mark.parametrize("flag, value", [("--iters", "0"), ("--iters", "-3"), ("--epochs", "0"), ("--val-every", "0"),
                                          ("--checkpoint-every", "0"), ("--log-every", "0"), ("--batch-size", "0"),
-                                         ("--val-images", "0"), ("--lr", "-0.1"), ("--lr-step", "0")])
+                                         ("--val-images", "0"), ("--lr", "-0.1"), ("--lr-step", "0"),
+                                         ("--crop-size", "0"), ("--num-classes", "1"), ("--num-classes", "256")])
 def test_numbers_out_of_range_are_refused_naming_the_option(flag, value, capsys):
     with pytest.raises(SystemExit):
         train.parse_args([flag, value])
@@ -560,3 +561,90 @@ def test_resume_drops_the_log_lines_written_after_its_checkpoint(tmp_path, monke
     monkeypatch.undo()
     assert run_train(tmp_path, *args, "--resume", str(tmp_path / "checkpoint.npz")) == 0
     assert [r["iter"] for r in map(json.loads, open(tmp_path / "log.jsonl")) if "loss" in r] == [1, 2, 3, 4]
+
+
+def test_a_new_run_never_replaces_one_in_its_folder(tmp_path, monkeypatch, capsys):
+    assert run_train(tmp_path / "a", "--iters", "2", "--val-every", "100") == 0
+    log = (tmp_path / "a" / "log.jsonl").read_text()
+    with pytest.raises(SystemExit):
+        run_train(tmp_path / "a", "--iters", "3", "--val-every", "100")
+    err = capsys.readouterr().err
+    assert "holds a run already" in err and "--resume" in err and "--overwrite" in err
+    assert (tmp_path / "a" / "log.jsonl").read_text() == log                # untouched
+    assert run_train(tmp_path / "a", "--iters", "3", "--val-every", "100", "--overwrite") == 0
+    assert [r["iter"] for r in map(json.loads, open(tmp_path / "a" / "log.jsonl")) if "loss" in r] == [1, 2, 3]
+    monkeypatch.chdir(tmp_path)                      # without --out: runs/train, then runs/train-2, ...
+    (tmp_path / "runs" / "train").mkdir(parents=True)
+    assert train.parse_args([]).out == "runs/train"                          # an empty folder is free
+    (tmp_path / "runs" / "train" / "log.jsonl").write_text("")
+    assert train.parse_args([]).out == "runs/train-2"
+
+
+def test_resuming_an_older_checkpoint_never_rewinds_its_folder(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    scripted = iter([0.1, 0.5, 0.2])                                        # best.npz: the validation at 2 of 2, 4, 6
+    monkeypatch.setattr(train, "evaluate", lambda net, ds, **kw: (None, {"pixel_acc": 0, "mean_acc": 0,
+                        "mean_iu": next(scripted), "fw_iu": 0, "iu": np.zeros(6), "acc": np.zeros(6)}))
+    monkeypatch.setattr(train, "format_table", lambda *a: "")
+    assert run_train(run, "--iters", "6", "--val-every", "2", "--checkpoint-every", "2") == 0
+    monkeypatch.undo()
+    log = (run / "log.jsonl").read_text()
+    with pytest.raises(ValueError, match=r"checkpoint.npz is at iteration 6, further on than .*best.npz \(4\)"):
+        run_train(run, "--iters", "8", "--resume", str(run / "best.npz"))
+    assert (run / "log.jsonl").read_text() == log and train.saved_state(run / "checkpoint.npz")["iter"] == 6
+    branch = tmp_path / "branch"                                            # elsewhere: from iteration 4, its log too
+    assert run_train(branch, "--iters", "8", "--val-every", "100", "--resume", str(run / "best.npz")) == 0
+    assert [r["iter"] for r in map(json.loads, open(branch / "log.jsonl")) if "loss" in r] == list(range(1, 9))
+
+
+def test_a_run_stopped_before_its_first_checkpoint_says_there_is_none(tmp_path, monkeypatch, capsys):
+    interrupt_in_iteration(2, monkeypatch)
+    assert run_train(tmp_path, "--iters", "6", "--val-every", "100", "--checkpoint-every", "5") == 130
+    err = capsys.readouterr().err
+    assert "No checkpoint was written yet" in err and "--resume" not in err
+    assert not (tmp_path / "checkpoint.npz").exists()
+
+
+def test_a_full_disk_stops_the_run_keeping_the_last_checkpoint(tmp_path, monkeypatch, capsys):
+    save = train.save_checkpoint
+    calls = []
+
+    def disk_full_at_the_second(*a):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device", str(a[0]))
+        return save(*a)
+    monkeypatch.setattr(train, "save_checkpoint", disk_full_at_the_second)
+    assert run_train(tmp_path, "--iters", "6", "--val-every", "100", "--checkpoint-every", "2") == 1
+    err = capsys.readouterr().err
+    assert "stopped at iteration 4" in err and "No space left on device" in err
+    assert f"kept: {tmp_path / 'checkpoint.npz'}" in err and train.saved_state(tmp_path / "checkpoint.npz")["iter"] == 2
+
+
+def test_resume_keeps_the_saved_net_and_refuses_to_change_it(tmp_path, capsys):
+    ckpt = tmp_path / "checkpoint.npz"
+    assert run_train(tmp_path, "--iters", "2", "--val-every", "100", "--dropout", "0.3") == 0
+    for change in (["--dropout", "0"], ["--learnable-upsampling"], ["--width", "2"]):
+        with pytest.raises(SystemExit):
+            run_train(tmp_path, "--iters", "3", "--resume", str(ckpt), *change)
+        assert "cannot change" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="is at iteration 2 already"):     # nothing left to train: not a success
+        run_train(tmp_path, "--iters", "2", "--resume", str(ckpt))
+    assert run_train(tmp_path, "--iters", "3", "--resume", str(ckpt)) == 0
+    assert train.saved_args(ckpt)["dropout"] == 0.3
+
+
+def test_epochs_count_the_smaller_last_batch_of_each_pass(tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "get_dataset", lambda name, split, **kw: ShapesDataset(split, size=24, num_images=6))
+    assert run_train(tmp_path, "--epochs", "2", "--batch-size", "4", "--val-every", "100") == 0
+    # 6 images in batches of 4: each pass is a batch of 4 and one of 2, so two passes take 4 iterations, not 3
+    assert [r["iter"] for r in map(json.loads, open(tmp_path / "log.jsonl")) if "loss" in r] == [1, 2, 3, 4]
+
+
+def test_num_classes_is_for_a_folder_of_ones_own_masks(tmp_path):
+    with pytest.raises(ValueError, match="shapes-train has 6 classes"):
+        run_train(tmp_path, "--iters", "1", "--num-classes", "7")
+
+
+def test_dead_relu_of_no_images_is_none():
+    assert train.dead_relu(scored_net(3), []) is None
