@@ -1,5 +1,6 @@
 """python -m minifcn: the command-line jobs, each run as python -m minifcn.<job> (add --help to any of them)."""
 import sys
+from pathlib import Path
 
 JOBS = [("train", "train an FCN (the bare command: FCN-8s on the built-in shapes, on the CPU)"),
         ("evaluate", "the paper's four metrics of a checkpoint over a dataset split"),
@@ -12,6 +13,8 @@ JOBS = [("train", "train an FCN (the bare command: FCN-8s on the built-in shapes
 
 if __name__ == "__main__":
     print(__doc__.strip() + "\n")
+    here = Path(__file__).resolve().parent
     for job, what in JOBS:
-        print(f"  python -m minifcn.{job:<14} {what}")
+        if (here / f"{job.replace('.', '/')}.py").is_file():       # the students' copy has no instructors' jobs
+            print(f"  python -m minifcn.{job:<14} {what}")
     sys.exit(0 if len(sys.argv) == 1 else 2)

@@ -1,7 +1,7 @@
 """Course assignments: the reference solutions are in the package, marked; this writes the student version.
 
     python -m minifcn.assignments list          the assignments, their points and the functions they ask for
-    python -m minifcn.assignments make OUT/     the student version of the package in OUT/minifcn/
+    python -m minifcn.assignments make OUT/     the student version of the package in OUT/minifcn/, and OUT/README.md
 
 A reference solution is the body of a function between two comment lines, the words nbgrader and
 Otter use:
@@ -16,7 +16,8 @@ Otter use:
 `make` copies the whole package and replaces every marked block by one `raise NotImplementedError`
 at the block's indentation. The instructor's files (this one and grade.py, which holds the hidden
 cases) are left out, and so is fast.py, so that every layer of the student's nets runs the student's
-own ops. Grade what comes back with `python -m minifcn.grade OUT/`.
+own ops. OUT/README.md tells the students what to write and how it is graded. Grade what comes back
+with `python -m minifcn.grade OUT/`.
 """
 import argparse
 import ast
@@ -40,9 +41,12 @@ ASSIGNMENTS = {
            ["ops.conv:conv_transpose2d_forward", "ops.conv:conv_transpose2d_backward",
             "ops.conv:bilinear_kernel", "ops.conv:bilinear_weight"]),
     "A4": ("the per-pixel softmax loss", ["ops.loss:softmax_cross_entropy"]),
-    "A5": ("the FCN-16s skip, forward and backward (optional)",
+    "A5": ("the FCN-16s skip, forward and backward",
            ["models.fcn:FCN16s.forward", "models.fcn:FCN16s.backward"]),
 }
+# Extra credit: graded, but not in the total ("40 / 40 (+6 optional)"). On Gradescope, set the assignment's total
+# points to the required ones only.
+OPTIONAL = {"A5"}
 
 
 def solution_blocks(path):
@@ -116,12 +120,13 @@ def check_markers(package=PACKAGE):
 
 
 def make(out, force=False):
-    """Write the student version of the package to out/minifcn/; returns that folder."""
+    """Write the student version of the package to out/minifcn/, and out/README.md; returns the package folder."""
     check_markers()
-    target = Path(out) / "minifcn"
+    target, readme = Path(out) / "minifcn", Path(out) / "README.md"
+    for path in (target, readme):
+        if path.exists() and not force:
+            raise FileExistsError(f"{path} exists; remove it or pass --force to overwrite it")
     if target.exists():
-        if not force:
-            raise FileExistsError(f"{target} exists; remove it or pass --force to overwrite it")
         shutil.rmtree(target)
     shutil.copytree(PACKAGE, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", *INSTRUCTOR_ONLY))
     for path in sorted(target.rglob("*.py")):
@@ -129,6 +134,7 @@ def make(out, force=False):
             text = strip_solutions(path)
             compile(text, str(path), "exec")      # the student version must still import
             path.write_text(text)
+    readme.write_text(HANDOUT_README.format(assignments=describe()))
     return target
 
 
@@ -139,18 +145,61 @@ def describe():
     for key, (title, functions) in ASSIGNMENTS.items():
         points = sum(c.points for c in CHECKS if c.assignment == key)
         checks = sum(1 for c in CHECKS if c.assignment == key)
-        lines.append(f"{key}  {title}  ({points} points, {checks} checks)")
+        extra = "optional: " if key in OPTIONAL else ""
+        lines.append(f"{key}  {title}  ({extra}{points} points, {checks} checks)")
         lines += [f"      minifcn/{f.split(':')[0].replace('.', '/')}.py  {f.split(':')[1]}" for f in functions]
     return "\n".join(lines)
+
+
+HANDOUT_README = """# minifcn: the assignments
+
+`minifcn/` is a small fully convolutional network (FCN) engine in NumPy, with some of its functions left for
+you to write. Each of them raises `NotImplementedError("...: write this (see the docstring)")` until you do.
+
+## What to write
+
+```
+{assignments}
+```
+
+Write the body where the `NotImplementedError` is. The function's docstring is the specification (every
+shape, the output-size formula); keep the signature, and the lines above the `raise` (input checks, and in
+a backward the line that unpacks the cache: it fixes what your forward must keep).
+
+Put this folder first on the path so that `import minifcn` finds your copy: `export PYTHONPATH=$PWD`.
+
+## Check your work
+
+- The loop versions are the specification: `im2col_naive` and `col2im_naive` in `minifcn/im2col.py`,
+  `conv2d_naive` and `conv_transpose2d_naive` in `minifcn/ops/conv.py`. Compare your functions with them
+  on small random inputs, with every option the docstring allows (strides, pads, dilation, no bias...).
+  Do not call them from your code: while it is graded they raise an error.
+- `minifcn.gradcheck.gradcheck(forward, backward, inputs, ...)` compares a backward with central differences,
+  and `python -m minifcn.gradcheck` runs it on every op.
+
+## How it is graded
+
+Each assignment is graded on its own, in its own process with a time limit, with the other assignments'
+functions taken from a reference solution (a bug in one costs that assignment's points only). Each is worth
+a number of checks: comparisons with the loop versions and a reference solution, gradient checks of your
+backward against your forward, adjointness (`<im2col(x), c> = <x, col2im(c)>`), properties (ignored pixels get
+a zero gradient, no NaN), and hidden cases: random shapes, kernels, strides, pads, dilations and dtypes,
+shown only after the due date. So handle every case the docstring describes, return arrays of the dtype it
+says, and never change an argument in place (`x -= m` changes the caller's array: write `x = x - m`): a
+function that does fails its check. An endless loop or a crash costs the checks not yet run in that assignment.
+An optional assignment's points come on top of the total.
+
+Submit the `minifcn/` folder (the whole package).
+"""
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m minifcn.assignments", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="the assignments and the functions each asks for")
-    mk = sub.add_parser("make", help="write the student version to OUT/minifcn/")
+    mk = sub.add_parser("make", help="write the student version to OUT/minifcn/, and OUT/README.md")
     mk.add_argument("out", help="folder to write into (the package goes to OUT/minifcn/)")
-    mk.add_argument("--force", action="store_true", help="overwrite OUT/minifcn/ if it exists")
+    mk.add_argument("--force", action="store_true", help="overwrite OUT/minifcn/ and OUT/README.md if they exist")
     args = parser.parse_args(argv)
     if args.command == "list":
         check_markers()
@@ -161,8 +210,8 @@ def main(argv=None):
     except FileExistsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"student version written to {target}")
-    print(f"hand out {target} (students put {target.parent} on PYTHONPATH); grade with "
+    print(f"student version written to {target}, instructions to {Path(args.out) / 'README.md'}")
+    print(f"hand out {target.parent} (minifcn/ and README.md; students put it on PYTHONPATH); grade with "
           f"python -m minifcn.grade {args.out}")
     return 0
 

@@ -13,21 +13,29 @@ How a student's code is run:
     never mixes with the reference `minifcn` the checks compare against;
   - each assignment is graded on its own: the functions of the *other* assignments are the reference's
     (a broken im2col does not sink conv2d's marks);
-  - a check that raises (NotImplementedError included) or gives a wrong answer scores 0; the others go on.
+  - a check that raises (NotImplementedError included) or gives a wrong answer scores 0; the others go on;
+  - the graded functions may not change their array arguments in place (the reference's answer is computed
+    from the same arrays afterwards), nor call the loop specifications (they raise while graded).
 
 The score table goes to the terminal; --json PATH also writes Gradescope's results.json (nothing is
-written without it). Hidden checks get the visibility "after_due_date" there.
+written without it). Hidden checks get the visibility "after_due_date" there. The optional assignments
+(OPTIONAL in assignments.py, today A5) are not in the total: "40 / 40 (+6 optional)". On Gradescope, set
+the assignment's total points to the required points (40 today): the optional ones then count as extra credit.
 """
 import argparse
+import functools
 import importlib
 import importlib.util
+import inspect
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -35,7 +43,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from . import models as ref_models, ops as ref_ops
-from .assignments import ASSIGNMENTS, PACKAGE
+from .assignments import ASSIGNMENTS, OPTIONAL, PACKAGE
 from .backend import to_numpy
 from .gradcheck import gradcheck
 from .im2col import col2im_naive, conv_output_size, im2col_naive
@@ -43,6 +51,11 @@ from .im2col import col2im_naive, conv_output_size, im2col_naive
 SEED = 2015            # the hidden cases' seed: change it each term (or pass --seed)
 STUDENT = "student_minifcn"
 HERE = Path(__file__).resolve()
+# The loop specifications (and the helper they share): students check their code against them; while graded,
+# the student's copies raise, so that a function that only calls its specification scores nothing.
+SPECIFICATIONS = ["im2col:im2col_naive", "im2col:col2im_naive", "im2col:_patch_entries",
+                  "ops.conv:conv2d_naive", "ops.conv:conv_transpose2d_naive"]
+MAX_FILE = 10 * 2**20  # bytes a grading process may write to one file (its stderr included): a print loop fills no disk
 
 
 # ============================================================================= checks and their points
@@ -130,16 +143,21 @@ VISIBLE_GEOMETRIES = [((2, 3, 6, 5), (2, 3), (2, 1), (1, 0), 1),      # rectangu
                       ((2, 4, 3, 5), 1, 1, 0, 1)]                        # 1x1: the columns are x itself
 
 
+def _case_name(kernel, stride, pad, dilation):
+    """How a visible failure names its case (a hidden one never shows its message)."""
+    return f"(kernel {kernel}, stride {stride}, pad {pad}, dilation {dilation})"
+
+
 def _im2col_vs_loops(s, shape, kernel, stride, pad, dilation, rng):
-    x = rng.standard_normal(shape)
-    close("im2col", s.im2col.im2col(x, kernel, stride, pad, dilation), im2col_naive(x, kernel, stride, pad, dilation))
+    x, geometry = rng.standard_normal(shape), (kernel, stride, pad, dilation)
+    close(f"im2col{_case_name(*geometry)}", s.im2col.im2col(x, *geometry), im2col_naive(x, *geometry))
 
 
 def _col2im_vs_loops(s, shape, kernel, stride, pad, dilation, rng):
-    rows = im2col_naive(np.zeros(shape), kernel, stride, pad, dilation).shape
-    cols = rng.standard_normal(rows)
-    close("col2im", s.im2col.col2im(cols, shape, kernel, stride, pad, dilation),
-          col2im_naive(cols, shape, kernel, stride, pad, dilation))
+    geometry = (kernel, stride, pad, dilation)
+    cols = rng.standard_normal(im2col_naive(np.zeros(shape), *geometry).shape)
+    close(f"col2im{_case_name(*geometry)}", s.im2col.col2im(cols, shape, *geometry),
+          col2im_naive(cols, shape, *geometry))
 
 
 @check("A1", "im2col equals the loop specification: 3x3 kernel, stride 1, pad 1", 2)
@@ -157,9 +175,10 @@ def _(s, rng):
     return each_case(geometries(rng, 6), lambda *g: _im2col_vs_loops(s, *g, rng))
 
 
-@check("A1", "col2im equals the loop specification: overlapping patches (3x3, stride 1 and 2, pad 1)", 2)
+@check("A1", "col2im equals the loop specification: overlapping patches (3x3, stride 1 and 2, pad 1), dilation 2", 2)
 def _(s, rng):
-    return each_case([((2, 3, 5, 6), 3, 1, 1, 1), ((1, 2, 7, 6), 3, 2, 1, 1)], lambda *g: _col2im_vs_loops(s, *g, rng))
+    return each_case([((2, 3, 5, 6), 3, 1, 1, 1), ((1, 2, 7, 6), 3, 2, 1, 1), ((1, 2, 7, 7), 3, 1, 2, 2)],
+                     lambda *g: _col2im_vs_loops(s, *g, rng))
 
 
 @check("A1", "col2im: hidden cases", 1, hidden=True)
@@ -192,11 +211,14 @@ def _(s, rng):
                  ref_ops.conv2d_naive(**a, stride=1, pad=1))
 
 
-@check("A2", "conv2d_forward: 2x3 kernel, stride 2, pad (0, 1), no bias", 1)
+@check("A2", "conv2d_forward: 2x3 kernel, stride 2, pad (0, 1), no bias; dilation 2", 1)
 def _(s, rng):
-    a = _conv_inputs(rng, (2, 3, 7, 6), 5, (2, 3), bias=False)
-    return close("conv2d_forward", s.conv.conv2d_forward(**a, stride=2, pad=(0, 1))[0],
-                 ref_ops.conv2d_naive(**a, stride=2, pad=(0, 1)))
+    def test(stride, pad, dilation):
+        a = _conv_inputs(rng, (2, 3, 7, 6), 5, (2, 3), bias=False)
+        close(f"conv2d_forward{_case_name((2, 3), stride, pad, dilation)}",
+              s.conv.conv2d_forward(**a, stride=stride, pad=pad, dilation=dilation)[0],
+              ref_ops.conv2d_naive(**a, stride=stride, pad=pad, dilation=dilation))
+    return each_case([(2, (0, 1), 1), (1, 1, 2)], test)
 
 
 @check("A2", "conv2d_forward: hidden cases", 1, hidden=True)
@@ -278,15 +300,15 @@ def _(s, rng):
     return close("<z, conv_transpose2d(x, W)>", np.sum(z * zx), np.sum(y * x))
 
 
-def _deconv_gradcheck(s, rng, names):
-    a = _deconv_inputs(rng, (2, 3, 3, 4), 2, (4, 3))
+def _deconv_gradcheck(s, rng, names, bias=True):
+    a = _deconv_inputs(rng, (2, 3, 3, 4), 2, (4, 3), bias)
     result = gradcheck(s.conv.conv_transpose2d_forward, s.conv.conv_transpose2d_backward, a, stride=2, pad=1)
     return "; ".join(grad_ok(result, name) for name in names)
 
 
 @check("A3", "conv_transpose2d_backward: gradient check of dx (4x3 kernel, stride 2, pad 1)", 1)
 def _(s, rng):
-    return _deconv_gradcheck(s, rng, ["x"])
+    return _deconv_gradcheck(s, rng, ["x"], bias=False)         # without a bias: a wrong db costs the next check only
 
 
 @check("A3", "conv_transpose2d_backward: gradient check of dW and db", 1)
@@ -294,11 +316,25 @@ def _(s, rng):
     return _deconv_gradcheck(s, rng, ["W", "b"])
 
 
-@check("A3", "bilinear_kernel: k = 3 and k = 4", 1)
+@check("A3", "bilinear_kernel: k = 3 (float64) and k = 4 (float32)", 1)
 def _(s, rng):
-    for k, ramp in ((3, [0.5, 1, 0.5]), (4, [0.25, 0.75, 0.75, 0.25])):
-        close(f"bilinear_kernel({k})", s.conv.bilinear_kernel(k, np.float64), np.outer(ramp, ramp), tol=1e-12)
+    for k, dtype, ramp in ((3, np.float64, [0.5, 1, 0.5]), (4, np.float32, [0.25, 0.75, 0.75, 0.25])):
+        got = s.conv.bilinear_kernel(k, dtype)
+        assert got.dtype == dtype, f"bilinear_kernel({k}, {np.dtype(dtype)}): dtype {got.dtype}"
+        close(f"bilinear_kernel({k})", got, np.outer(ramp, ramp), tol=1e-7)
     return "both kernels right"
+
+
+@contextmanager
+def reference(module, name):
+    """Within the block, the student's module uses the reference's `name` (a wrong bilinear_kernel then
+    costs its own checks, not bilinear_weight's and the upsampling's as well)."""
+    theirs = getattr(module, name)
+    setattr(module, name, getattr(ref_ops, name))
+    try:
+        yield
+    finally:
+        setattr(module, name, theirs)
 
 
 @check("A3", "bilinear_kernel: hidden sizes and dtypes", 1, hidden=True)
@@ -312,7 +348,8 @@ def _(s, rng):
 
 @check("A3", "bilinear_weight: the kernel on the channel diagonal, zeros elsewhere", 1)
 def _(s, rng):
-    W = s.conv.bilinear_weight(3, 4, np.float32)
+    with reference(s.conv, "bilinear_kernel"):
+        W = s.conv.bilinear_weight(3, 4, np.float32)
     assert W.dtype == np.float32, f"dtype {W.dtype}, expected float32"
     want = np.zeros((3, 3, 4, 4))
     want[range(3), range(3)] = np.outer([0.25, 0.75, 0.75, 0.25], [0.25, 0.75, 0.75, 0.25])
@@ -322,8 +359,9 @@ def _(s, rng):
 @check("A3", "bilinear upsampling x2 (kernel 4, stride 2, pad 1) keeps a ramp a ramp away from the border", 1)
 def _(s, rng):
     x = np.broadcast_to(np.arange(6.0), (1, 2, 5, 6)) * np.array([1.0, -2.0]).reshape(1, 2, 1, 1)
-    up = to_numpy(s.conv.conv_transpose2d_forward(np.ascontiguousarray(x), s.conv.bilinear_weight(2, 4, np.float64),
-                                                  stride=2, pad=1)[0])
+    with reference(s.conv, "bilinear_kernel"):
+        W = s.conv.bilinear_weight(2, 4, np.float64)
+    up = to_numpy(s.conv.conv_transpose2d_forward(np.ascontiguousarray(x), W, stride=2, pad=1)[0])
     assert up.shape == (1, 2, 10, 12), f"upsampled shape {up.shape}, expected (1, 2, 10, 12)"
     inner = up[:, :, 2:-2, 1:-1]                                       # away from the zero padding
     return close("the upsampled ramp", inner, (np.arange(1, 11) / 2 - 0.25) * np.array([1.0, -2.0]).reshape(1, 2, 1, 1)
@@ -342,12 +380,17 @@ def _loss_case(rng, shape=(2, 4, 3, 5), ignore=255, ignored=0.2):
 def _loss_vs_reference(s, scores, labels, **kw):
     loss, dscores = s.loss.softmax_cross_entropy(scores, labels, **kw)
     ref_loss, ref_dscores = ref_ops.softmax_cross_entropy(scores, labels, **kw)
-    return close("loss", loss, ref_loss) + "; " + close("dscores", dscores, ref_dscores)
+    case = f" ({', '.join([str(scores.dtype)] + [f'{k}={v!r}' for k, v in kw.items()])})"
+    assert dscores.dtype == scores.dtype, f"dscores{case} is {dscores.dtype}, expected {scores.dtype} like the scores"
+    tol = 1e-5 if scores.dtype == np.float32 else 1e-8
+    return close(f"loss{case}", loss, ref_loss, tol) + "; " + close(f"dscores{case}", dscores, ref_dscores, tol)
 
 
-@check("A4", "softmax_cross_entropy, reduction='sum': loss and dscores", 2)
+@check("A4", "softmax_cross_entropy, reduction='sum': loss and dscores, in float64 and float32", 2)
 def _(s, rng):
-    return _loss_vs_reference(s, *_loss_case(rng), reduction="sum")
+    scores, labels = _loss_case(rng)
+    _loss_vs_reference(s, scores.astype(np.float32), labels, reduction="sum")
+    return _loss_vs_reference(s, scores, labels, reduction="sum")
 
 
 @check("A4", "reduction='mean' divides by the number of labelled pixels", 1)
@@ -363,7 +406,7 @@ def _(s, rng):
     return grad_ok(result, "scores")
 
 
-@check("A4", "ignored pixels (label 255) add no loss and get a zero gradient", 2)
+@check("A4", "ignored pixels (label 255, or the ignore_label given) add no loss and get a zero gradient", 2)
 def _(s, rng):
     scores, labels = _loss_case(rng, ignored=0.4)
     loss, dscores = s.loss.softmax_cross_entropy(scores, labels)
@@ -371,6 +414,7 @@ def _(s, rng):
     other = scores + 5 * rng.standard_normal(scores.shape) * ignored[:, None]   # change only ignored pixels
     assert np.all(to_numpy(dscores).transpose(0, 2, 3, 1)[ignored] == 0), "ignored pixels got a nonzero gradient"
     close("loss with other scores at ignored pixels", s.loss.softmax_cross_entropy(other, labels)[0], loss)
+    _loss_vs_reference(s, *_loss_case(rng, ignore=-1, ignored=0.4), ignore_label=-1)
     return _loss_vs_reference(s, scores, labels)
 
 
@@ -454,36 +498,85 @@ def _(s, rng):
 # ============================================================================= running the checks
 
 def find_package(path):
-    """The folder of the student's package: PATH/minifcn/ or PATH itself."""
+    """The folder of the student's package: PATH/minifcn/, PATH itself, or PATH/ONE_FOLDER/minifcn/ (a
+    submission that holds the folder the package was in)."""
     path = Path(path).resolve()
     for candidate in (path / "minifcn", path):
         if (candidate / "__init__.py").is_file():
             return candidate
-    raise FileNotFoundError(f"no package at {path}: expected {path / 'minifcn' / '__init__.py'} "
-                            f"or {path / '__init__.py'}")
+    deeper = sorted(path.glob("*/minifcn/__init__.py"))
+    if len(deeper) == 1:
+        return deeper[0].parent
+    found = f"; found several, keep one: {', '.join(str(p.parent) for p in deeper)}" if deeper else ""
+    raise FileNotFoundError(f"no package at {path}: expected {path / 'minifcn' / '__init__.py'} (submit the "
+                            f"minifcn/ folder, the whole package) or {path / '__init__.py'}{found}")
+
+
+def specification_only(name):
+    """What the student's code finds in place of a loop specification while it is graded."""
+    def refuse(*args, **kwargs):
+        raise RuntimeError(f"{name} is the loop specification to check your code against, not to call from it")
+    return refuse
+
+
+def unchanged_inputs(function):
+    """`function`, raising if a call changes one of its NumPy array arguments (or an array in a tuple argument,
+    such as a cache) in place: the checks compute the reference's answer from the same arrays afterwards."""
+    signature = inspect.signature(function)
+
+    @functools.wraps(function)
+    def checked(*args, **kwargs):
+        try:
+            given = signature.bind(*args, **kwargs).arguments
+        except TypeError:
+            return function(*args, **kwargs)              # a wrong call: let the function's own error speak
+        arrays = [(name, value) for name, value in given.items() if isinstance(value, np.ndarray)]
+        arrays += [(f"{name}[{i}]", v) for name, value in given.items() if isinstance(value, tuple)
+                   for i, v in enumerate(value) if isinstance(v, np.ndarray)]
+        before = [(name, a, (a.shape, a.dtype, a.tobytes())) for name, a in arrays]
+        result = function(*args, **kwargs)
+        for name, a, state in before:
+            if (a.shape, a.dtype, a.tobytes()) != state:
+                raise AssertionError(f"{function.__name__} changed its argument {name} in place: work on a copy "
+                                     f"({name} = {name} - ...)")
+        return result
+    return checked
 
 
 def load_student(package, assignment):
     """Import the student's package under the name `student_minifcn`; put the reference's functions in
-    place of the other assignments' (in every module that holds them). Returns the modules named in
-    ASSIGNMENTS by their last name: s.im2col, s.conv (minifcn/ops/conv.py), s.loss, s.fcn."""
+    place of the other assignments' (in every module that holds them), make the loop specifications raise,
+    and check that this assignment's functions leave their arguments alone (unchanged_inputs). Returns the
+    modules named in ASSIGNMENTS by their last name: s.im2col, s.conv (minifcn/ops/conv.py), s.loss, s.fcn."""
     spec = importlib.util.spec_from_file_location(STUDENT, package / "__init__.py",
                                                   submodule_search_locations=[str(package)])
     sys.modules[STUDENT] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sys.modules[STUDENT])
     modules = sorted({f.split(":")[0] for _, functions in ASSIGNMENTS.values() for f in functions})
     student = {m: importlib.import_module(f"{STUDENT}.{m}") for m in modules}     # "ops.conv" -> its module
+
+    def replace(theirs, ours):
+        """Put `ours` wherever the student's modules hold `theirs` (an import makes a second name for it)."""
+        for mod in [m for n, m in sys.modules.items() if n.startswith(STUDENT)]:
+            for attr, value in list(vars(mod).items()):
+                if value is theirs:
+                    setattr(mod, attr, ours)
+
     for key, (_, functions) in ASSIGNMENTS.items():
         for function in functions:
             module, name = function.split(":")
-            if key == assignment or "." in name:          # methods (A5) are called by no other assignment
+            if "." in name:                               # methods (A5) are called by no other assignment
                 continue
             theirs = getattr(student[module], name)
-            ours = getattr(importlib.import_module(f".{module}", __package__), name)
-            for mod in [m for n, m in sys.modules.items() if n.startswith(STUDENT)]:
-                for attr, value in list(vars(mod).items()):
-                    if value is theirs:
-                        setattr(mod, attr, ours)
+            if key == assignment:
+                replace(theirs, unchanged_inputs(theirs))
+            else:
+                replace(theirs, getattr(importlib.import_module(f".{module}", __package__), name))
+    for function in SPECIFICATIONS:
+        module, name = function.split(":")
+        theirs = getattr(importlib.import_module(f"{STUDENT}.{module}"), name, None)
+        if theirs is not None:
+            replace(theirs, specification_only(name))
     return SimpleNamespace(**{m.split(".")[-1]: module for m, module in student.items()})   # s.conv, s.loss, ...
 
 
@@ -496,6 +589,8 @@ def row(c, score, output):
 def failure(e):
     """A short account of an exception: its type, its message and the line it came from (unless that is
     in this file: a wrong answer is reported by the check itself)."""
+    if isinstance(e, CaseFailure):                          # its message already holds the case's account
+        return str(e)
     frames = [f for f in traceback.extract_tb(e.__traceback__) if Path(f.filename).resolve() != HERE]
     where = f"  ({Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
     return f"{type(e).__name__}: {e}{where}"
@@ -529,36 +624,64 @@ def grade_here(package, assignment, seed, out):
         Path(out).write_text(json.dumps(rows))
 
 
+def run_child(args, env, timeout):
+    """Run `python -m minifcn.grade ARGS` with a time limit: (its exit code, None if it ran out of time; the last
+    line of its stderr). Its stdout is thrown away and its stderr goes to a file, so a submission that prints
+    in a loop costs no memory (and, with MAX_FILE, no disk)."""
+    with tempfile.TemporaryFile() as err:
+        try:
+            code = subprocess.run([sys.executable, "-m", f"{__package__}.grade", *args], cwd=PACKAGE.parent,
+                                  env=env, stdout=subprocess.DEVNULL, stderr=err, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            code = None
+        err.seek(max(0, err.seek(0, os.SEEK_END) - 500))
+        lines = err.read().decode(errors="replace").strip().splitlines()
+    return code, lines[-1] if lines else ""
+
+
 def grade(path=None, only=None, seed=SEED, timeout=120):
     """Grade the package at `path` (default: the reference), one process per assignment; returns the rows."""
     package = find_package(path if path is not None else PACKAGE)
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1",        # write no __pycache__ into the student's folder
            "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1")}   # small matrices: 1 thread
-    rows = []
+    selected = [c for c in CHECKS if c.assignment in (only or ASSIGNMENTS)]
     # Import the package once alone first: one that does not import (a syntax error, an endless loop at import
     # time) fails every check, and is found in one time limit, not one per assignment
-    try:
-        proc = subprocess.run([sys.executable, "-m", f"{__package__}.grade", str(package), "--child", "import"],
-                              cwd=PACKAGE.parent, env=env, capture_output=True, text=True, timeout=timeout)
-        broken = None if proc.returncode == 0 else f"the package did not import: {proc.stderr.strip()[-500:]}"
-    except subprocess.TimeoutExpired:
-        broken = f"the package did not import within {timeout} s (an endless loop when a module is imported?)"
-    if broken:
-        return [row(c, 0, broken) for c in CHECKS if c.assignment in (only or ASSIGNMENTS)]
+    code, error = run_child([str(package), "--child", "import"], env, timeout)
+    if code is None:
+        return [row(c, 0, f"the package did not import within {timeout:g} s (an endless loop when a module is "
+                          "imported?)") for c in selected]
+    if code != 0:
+        return [row(c, 0, "the package did not import" + ("" if c.hidden else f": {error}")) for c in selected]
+    rows = []
     for key in only or ASSIGNMENTS:
         checks = [c for c in CHECKS if c.assignment == key]
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "rows.json"
-            cmd = [sys.executable, "-m", f"{__package__}.grade", str(package), "--child", key, "--out", str(out),
-                   "--seed", str(seed)]
-            try:
-                proc = subprocess.run(cmd, cwd=PACKAGE.parent, env=env, capture_output=True, text=True, timeout=timeout)
-                why = f"stopped before this check (exit code {proc.returncode}): {proc.stderr.strip()[-500:]}"
-            except subprocess.TimeoutExpired:
-                why = f"not run: {key} took longer than {timeout} s (an endless loop, or much slower code than needed?)"
+            code, error = run_child([str(package), "--child", key, "--out", str(out), "--seed", str(seed)], env,
+                                    timeout)
             done = json.loads(out.read_text()) if out.exists() else []
-        rows += done + [row(c, 0, why) for c in checks[len(done):]]
+        rows += done
+        if len(done) < len(checks):                         # the process stopped during checks[len(done)]
+            stopped = checks[len(done)]
+            if code is None:
+                why = f"did not finish within {timeout:g} s (an endless loop, or much slower code than needed?)"
+            else:
+                why = "did not finish: the process " + (f"exited (code {code})" if code >= 0 else
+                                                        f"was stopped by signal {-code} ({signal.strsignal(-code)})")
+                why += f": {error}" if error and not stopped.hidden else ""
+            rows.append(row(stopped, 0, why))
+            rows += [row(c, 0, "not run: an earlier check of this assignment stopped the process")
+                     for c in checks[len(done) + 1:]]
     return rows
+
+
+def total(rows):
+    """'40 / 40 (+6 optional)': the points, out of the required ones (the optional assignments' are extra)."""
+    by_id = {c.id: c for c in CHECKS}
+    optional = sum(r["max_score"] for r in rows if by_id[r["name"].split()[0]].assignment in OPTIONAL)
+    text = f"{sum(r['score'] for r in rows)} / {sum(r['max_score'] for r in rows) - optional}"
+    return text + (f" (+{optional} optional)" if optional else "")
 
 
 def report(rows, package):
@@ -569,14 +692,14 @@ def report(rows, package):
         mine = [r for r in rows if by_id[r["name"].split()[0]].assignment == key]
         if not mine:
             continue
+        title += " (optional)" if key in OPTIONAL else ""
         lines.append(f"\n{key}  {title:<62} {sum(r['score'] for r in mine):>3} / {sum(r['max_score'] for r in mine)}")
         for r in mine:
             ok = "ok  " if r["score"] == r["max_score"] else "FAIL"
             lines.append(f"  {ok} {r['score']:>2}/{r['max_score']:<2} {r['name']}")
             if r["score"] < r["max_score"]:
                 lines.append(f"            {r['output']}")
-    total, most = sum(r["score"] for r in rows), sum(r["max_score"] for r in rows)
-    lines.append(f"\nTotal {total} / {most}")
+    lines.append(f"\nTotal {total(rows)}")
     return "\n".join(lines)
 
 
@@ -590,6 +713,12 @@ def main(argv=None):
     parser.add_argument("--child", help=argparse.SUPPRESS)        # internal: one assignment, in this process
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child:                                               # a grading process: cap what it may write
+        try:
+            import resource                                      # POSIX only
+            resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_FILE, MAX_FILE))   # past it, a write raises OSError
+        except (ImportError, ValueError, OSError):
+            pass
     if args.child == "import":                                   # internal: does the package import at all?
         try:
             load_student(find_package(args.path), None)
@@ -600,18 +729,29 @@ def main(argv=None):
     if args.child:
         grade_here(Path(args.path), args.child, args.seed, args.out)
         return 0
+    # `cd submission && python -m minifcn.grade .` runs the submission's own minifcn (Python looks in the
+    # current folder first): this grader would then be the student's copy, grading itself
+    if args.path and (Path(args.path).resolve() == PACKAGE or Path(args.path).resolve() in PACKAGE.parents):
+        print(f"error: the minifcn running this grader ({PACKAGE}) is inside the folder being graded "
+              f"({Path(args.path).resolve()}): Python found the submission's own package first. Run the grader "
+              "from another folder (the reference's repository, or wherever the reference minifcn is installed); "
+              "to grade the reference, give no PATH.", file=sys.stderr)
+        return 2
     start = time.time()
     try:
-        package = find_package(args.path if args.path else PACKAGE)
+        package, note = find_package(args.path if args.path else PACKAGE), ""
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    rows = grade(package, args.only, args.seed, args.timeout)
+        if not args.json:
+            return 2
+        package, note = args.path, f"not graded: {e}"            # Gradescope still gets a results.json, scoring 0
+        rows = [row(c, 0, note) for c in CHECKS if c.assignment in (args.only or ASSIGNMENTS)]
+    else:
+        rows = grade(package, args.only, args.seed, args.timeout)
     print(report(rows, package))
     if args.json:
-        total, most = sum(r["score"] for r in rows), sum(r["max_score"] for r in rows)
-        results = {"score": total, "execution_time": round(time.time() - start, 1),
-                   "output": f"{total} of {most} points", "tests": rows}
+        results = {"score": sum(r["score"] for r in rows), "execution_time": round(time.time() - start, 1),
+                   "output": note or f"Total {total(rows)}", "tests": rows}
         Path(args.json).write_text(json.dumps(results, indent=1))
         print(f"results written to {args.json}")
     return 0

@@ -4,6 +4,7 @@ import ast
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -18,19 +19,22 @@ from minifcn.ops import conv2d_backward, conv2d_forward
 
 ROOT = Path(__file__).resolve().parents[1]
 TOTAL = sum(c.points for c in grade.CHECKS)
+OPTIONAL = sum(c.points for c in grade.CHECKS if c.assignment in assignments.OPTIONAL)
 
 
 def points(assignment):
     return sum(c.points for c in grade.CHECKS if c.assignment == assignment)
 
 
-def solved_copy(tmp_path, file, old, new):
-    """A copy of the reference package (a student who solved everything) with one line of `file` changed."""
+def solved_copy(tmp_path, file, old, new, *more):
+    """A copy of the reference package (a student who solved everything) with one line of `file` changed
+    (and more (file, old, new) edits after it)."""
     shutil.copytree(assignments.PACKAGE, tmp_path / "minifcn", ignore=shutil.ignore_patterns("__pycache__"))
-    path = tmp_path / "minifcn" / file
-    text = path.read_text()
-    assert text.count(old) == 1, f"{old!r} must occur once in {file}"
-    path.write_text(text.replace(old, new))
+    for file, old, new in [(file, old, new), *more]:
+        path = tmp_path / "minifcn" / file
+        text = path.read_text()
+        assert text.count(old) == 1, f"{old!r} must occur once in {file}"
+        path.write_text(text.replace(old, new))
     return tmp_path
 
 
@@ -49,9 +53,10 @@ def test_reference_scores_full_marks_and_writes_gradescope_json(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "minifcn.grade", "--json", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert f"Total {TOTAL} / {TOTAL}" in proc.stdout
+    assert OPTIONAL > 0 and f"Total {TOTAL} / {TOTAL - OPTIONAL} (+{OPTIONAL} optional)" in proc.stdout
     results = json.loads(out.read_text())
     assert results["score"] == TOTAL and len(results["tests"]) == len(grade.CHECKS)
+    assert results["output"] == f"Total {TOTAL} / {TOTAL - OPTIONAL} (+{OPTIONAL} optional)"
     for test in results["tests"]:
         assert set(test) == {"name", "score", "max_score", "output", "visibility"}
         assert test["score"] == test["max_score"] > 0, test
@@ -61,6 +66,8 @@ def test_reference_scores_full_marks_and_writes_gradescope_json(tmp_path):
 def test_student_version_imports_keeps_the_specification_and_scores_zero(tmp_path):
     target = assignments.make(tmp_path)
     assert not (target / "grade.py").exists() and not (target / "assignments.py").exists()
+    readme = (tmp_path / "README.md").read_text()          # the students' instructions
+    assert all(f"{key}  " in readme for key in assignments.ASSIGNMENTS) and "NotImplementedError" in readme
     assert not (target / "fast.py").exists()             # the layers must run the student's ops
     with pytest.raises(FileExistsError):
         assignments.make(tmp_path)
@@ -79,6 +86,9 @@ def test_student_version_imports_keeps_the_specification_and_scores_zero(tmp_pat
                           env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr
     assert Path(proc.stdout.strip()).resolve() == (target / "__init__.py").resolve()
+    jobs = subprocess.run([sys.executable, "-m", "minifcn"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(tmp_path)}).stdout
+    assert "minifcn.train" in jobs and "minifcn.grade" not in jobs and "minifcn.assignments" not in jobs
     rows = grade.grade(tmp_path)
     assert len(rows) == len(grade.CHECKS) and sum(r["score"] for r in rows) == 0
     assert all("NotImplementedError" in r["output"] for r in rows), [r["output"] for r in rows]
@@ -92,21 +102,43 @@ def test_planted_bug_transposed_dW_loses_exactly_its_checks(tmp_path):
     assert sum(r["score"] for r in rows) == points("A2") + points("A3") - 3
 
 
+NOT_RUN = "not run: an earlier check of this assignment stopped the process"
+
+
 def test_a_crash_costs_only_the_checks_it_stops(tmp_path):
-    # the process dies in bilinear_kernel: A3's earlier checks keep their points, the rest score 0
-    solved_copy(tmp_path, "ops/conv.py", "    factor = (k + 1) // 2\n", "    factor = (k + 1) // 2\n    os._exit(3)\n")
+    # the process exits (code 0, no message) in bilinear_kernel: A3's earlier checks keep their points
+    solved_copy(tmp_path, "ops/conv.py", "    factor = (k + 1) // 2\n", "    factor = (k + 1) // 2\n    os._exit(0)\n")
     path = tmp_path / "minifcn" / "ops" / "conv.py"
     path.write_text("import os\n" + path.read_text())
-    rows = grade.grade(tmp_path, only=["A3"])
-    assert failed(rows) == {"A3.6", "A3.7", "A3.8", "A3.9"}
-    assert all("exit code 3" in r["output"] for r in rows if r["score"] == 0)
+    rows = {r["name"].split()[0]: r for r in grade.grade(tmp_path, only=["A3"])}
+    assert failed(rows.values()) == {"A3.6", "A3.7", "A3.8", "A3.9"}
+    assert rows["A3.6"]["output"] == "did not finish: the process exited (code 0)"
+    assert all(rows[c]["output"] == NOT_RUN for c in ("A3.7", "A3.8", "A3.9"))
 
 
-def test_an_endless_loop_is_stopped_by_the_time_limit(tmp_path):
-    solved_copy(tmp_path, "ops/loss.py", "    shifted = scores", "    while True:\n        pass\n    shifted = scores")
-    rows = grade.grade(tmp_path, only=["A4"], timeout=3)
-    assert sum(r["score"] for r in rows) == 0 and len(rows) == 7
-    assert all("longer than 3" in r["output"] for r in rows)
+def test_an_interrupt_in_a_hidden_check_shows_no_traceback(tmp_path):
+    # KeyboardInterrupt escapes the checks: its traceback (grade.py lines, the hidden case) must show nowhere
+    solved_copy(tmp_path, "ops/conv.py", "    factor = (k + 1) // 2\n",
+                "    factor = (k + 1) // 2\n    if k > 4:\n        raise KeyboardInterrupt\n")
+    rows = {r["name"].split()[0]: r for r in grade.grade(tmp_path, only=["A3"])}
+    assert failed(rows.values()) == {"A3.7", "A3.8", "A3.9"}               # A3.6 (k = 3 and 4) passes
+    assert rows["A3.7"]["output"] == "did not finish: the process was stopped by signal 2 (Interrupt)"   # no stderr
+    assert all(rows[c]["output"] == NOT_RUN for c in ("A3.8", "A3.9"))
+
+
+def test_an_endless_print_loop_is_stopped_by_the_time_limit_and_costs_no_memory(tmp_path):
+    solved_copy(tmp_path, "ops/loss.py", "    shifted = scores", "    while True:\n        print('x' * 100000)\n"
+                "    shifted = scores",
+                ("im2col.py", "    # BEGIN SOLUTION\n    if _is_pointwise(KH, KW, sh, sw, ph, pw):\n        return x",
+                 "    # BEGIN SOLUTION\n    import sys\n    while True:\n        sys.stderr.write('y' * 100000)\n"
+                 "    if _is_pointwise(KH, KW, sh, sw, ph, pw):\n        return x"))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss          # KiB (Linux)
+    rows = {r["name"].split()[0]: r for r in grade.grade(tmp_path, only=["A1", "A4"], timeout=3)}
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000     # the output was not kept
+    assert rows["A4.1"]["output"] == "did not finish within 3 s (an endless loop, or much slower code than needed?)"
+    assert all(rows[f"A4.{i}"]["output"] == NOT_RUN for i in range(2, 8))
+    # printing to stderr without end stops at grade.MAX_FILE bytes, with an error in the check that does it
+    assert "OSError: [Errno 27] File too large" in rows["A1.1"]["output"]
 
 
 def test_a_hidden_check_names_its_case_but_never_its_shapes(tmp_path):
@@ -182,3 +214,72 @@ def test_a_gradient_with_one_nan_fails_its_check():
     pass for one of those."""
     with pytest.raises(AssertionError, match=r"gradient of x: NaN or infinite at index \(0, 0, 1, 1\)"):
         grade.grad_ok(_conv_result(_one_nan), "x")
+
+
+def test_a_package_one_folder_too_deep_is_found_and_none_still_writes_results(tmp_path):
+    (tmp_path / "sub" / "handout" / "minifcn").mkdir(parents=True)
+    (tmp_path / "sub" / "handout" / "minifcn" / "__init__.py").touch()
+    assert grade.find_package(tmp_path / "sub") == tmp_path / "sub" / "handout" / "minifcn"
+    out = tmp_path / "results.json"                     # no package at all: Gradescope still gets its JSON
+    assert grade.main([str(tmp_path / "sub" / "handout" / "minifcn" / "empty"), "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["score"] == 0 and len(results["tests"]) == len(grade.CHECKS)
+    assert "expected" in results["output"] and "minifcn/__init__.py" in results["output"]
+
+
+def test_a_function_that_changes_its_input_in_place_is_told_so(tmp_path):
+    # the reference's answer comes from the same array afterwards: the wrong message would blame the gradient
+    solved_copy(tmp_path, "ops/loss.py", "    shifted = scores - scores.max(axis=1, keepdims=True)",
+                "    scores -= scores.max(axis=1, keepdims=True)\n    shifted = scores")
+    rows = {r["name"].split()[0]: r for r in grade.grade(tmp_path, only=["A4"])}
+    assert rows["A4.1"]["score"] == 0
+    assert rows["A4.1"]["output"].startswith("AssertionError: softmax_cross_entropy changed its argument scores in "
+                                             "place: work on a copy")
+
+
+def test_calling_the_loop_specification_scores_nothing(tmp_path):
+    im2col_starts = "    # BEGIN SOLUTION\n    if _is_pointwise(KH, KW, sh, sw, ph, pw):\n        return x"
+    solved_copy(tmp_path, "im2col.py", im2col_starts,
+                "    return im2col_naive(x, kernel, stride, pad, dilation)\n" + im2col_starts,
+                ("im2col.py", "    cols = cols.reshape(N, C, KH, KW, OH, OW)\n",
+                 "    return col2im_naive(cols, x_shape, kernel, stride, pad, dilation)\n"))
+    rows = {r["name"].split()[0]: r for r in grade.grade(tmp_path, only=["A1"])}
+    assert sum(r["score"] for r in rows.values()) == 0
+    assert "im2col_naive is the loop specification to check your code against" in rows["A1.1"]["output"]
+    assert "col2im_naive is the loop specification" in rows["A1.4"]["output"]
+
+
+def test_what_only_hidden_cases_checked_now_shows_in_a_visible_check(tmp_path):
+    conv, loss = "ops/conv.py", "ops/loss.py"
+    solved_copy(tmp_path, "im2col.py", "    cols = cols.reshape(N, C, KH, KW, OH, OW)\n",       # col2im: no dilation
+                "    cols = cols.reshape(N, C, KH, KW, OH, OW)\n    dh = dw = 1\n",
+                (conv, 'cols = im2col(x, (KH, KW), stride, pad, dilation, op="conv2d")       #',      # conv2d: none
+                 'cols = im2col(x, (KH, KW), stride, pad, 1, op="conv2d")       #'),
+                (conv, "np.outer(ramp, ramp).astype(dtype)", "np.outer(ramp, ramp)"),          # always float64
+                (loss, "dscores.astype(scores.dtype, copy=False)", "dscores.astype(np.float64)"),
+                (loss, "    # BEGIN SOLUTION\n", "    # BEGIN SOLUTION\n    valid = labels != 255\n"))  # 255 only
+    rows = {r["name"].split()[0]: r for r in grade.grade(tmp_path, only=["A1", "A2", "A3", "A4"])}
+    for check, says in [("A1.4", "case 3 of 3: AssertionError: col2im(kernel 3, stride 1, pad 2, dilation 2)"),
+                        ("A2.2", "case 2 of 2: "), ("A3.6", "bilinear_kernel(4, float32): dtype float64"),
+                        ("A4.1", "dscores (float32, reduction='sum') is float64"),
+                        ("A4.4", "(float64, ignore_label=-1)")]:
+        assert rows[check]["visibility"] == "visible" and rows[check]["score"] == 0
+        assert says in rows[check]["output"] and not rows[check]["output"].startswith("CaseFailure"), rows[check]
+
+
+def test_one_bug_costs_its_own_checks_not_its_neighbours(tmp_path):
+    # a wrong db must not fail the dx gradient check; a wrong bilinear_kernel, not bilinear_weight's nor the ramp's
+    solved_copy(tmp_path, "ops/conv.py", "# (C_in, C_out, KH, KW)\n    db = dout.sum",
+                "# (C_in, C_out, KH, KW)\n    db = 2 * dout.sum",
+                ("ops/conv.py", "else factor - 0.5", "else factor - 1"))             # even kernels off centre
+    rows = grade.grade(tmp_path, only=["A3"])
+    assert failed(rows) == {"A3.5", "A3.6", "A3.7"}
+
+
+def test_grading_from_inside_the_submission_is_refused(tmp_path):
+    # there `python -m minifcn.grade` would import the submission's own minifcn (here a copy with grade.py)
+    solved_copy(tmp_path, "ops/loss.py", "    shifted = scores", "    shifted = scores")
+    proc = subprocess.run([sys.executable, "-m", "minifcn.grade", ".", "--only", "A4"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "inside the folder being graded" in proc.stderr
+    assert "Run the grader from another folder" in proc.stderr

@@ -181,12 +181,13 @@ def bilinear_weight(channels, k, dtype=np.float32):
 
 # ----------------------------------------------------------------------------- the specification
 
-def conv2d_naive(x, W, b=None, stride=1, pad=0):
-    """Loop-by-loop convolution (small shapes only): the definition conv2d_forward must meet."""
+def conv2d_naive(x, W, b=None, stride=1, pad=0, dilation=1):
+    """Loop-by-loop convolution (small shapes only): the definition conv2d_forward must meet.
+    Dilation d spreads the kernel's taps d pixels apart (tap i reads row oy*stride - pad + i*d)."""
     N, C, H, W_ = x.shape
     F, _, KH, KW = W.shape
-    (sh, sw), (ph, pw) = pair(stride), pair(pad)
-    OH, OW = (H + 2 * ph - KH) // sh + 1, (W_ + 2 * pw - KW) // sw + 1
+    (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(pad), pair(dilation)
+    OH, OW = (H + 2 * ph - dh * (KH - 1) - 1) // sh + 1, (W_ + 2 * pw - dw * (KW - 1) - 1) // sw + 1
     out = np.zeros((N, F, OH, OW), dtype=np.float64)
     for n in range(N):
         for f in range(F):
@@ -196,7 +197,7 @@ def conv2d_naive(x, W, b=None, stride=1, pad=0):
                     for c in range(C):
                         for i in range(KH):
                             for j in range(KW):
-                                y, xx = oy * sh - ph + i, ox * sw - pw + j
+                                y, xx = oy * sh - ph + i * dh, ox * sw - pw + j * dw
                                 if 0 <= y < H and 0 <= xx < W_:
                                     total += float(x[n, c, y, xx]) * float(W[f, c, i, j])
                     out[n, f, oy, ox] = total

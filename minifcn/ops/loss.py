@@ -18,7 +18,7 @@ def softmax_cross_entropy(scores, labels, ignore_label=255, reduction="sum"):
 
     Pixels labelled `ignore_label` add nothing to the loss and get a zero gradient; a batch with no
     labelled pixel gives loss 0.0 and a zero gradient (never NaN). Labels must lie in [0, K) or be
-    the ignore label.
+    the ignore label. dscores has the scores' dtype (float32 scores give float32 dscores).
     """
     xp = check_inputs("softmax_cross_entropy", scores=scores)
     check_ndim("softmax_cross_entropy", "scores", scores, "NKHW")
