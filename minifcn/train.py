@@ -593,7 +593,7 @@ def _step(net, workers, dropouts, x, labels, args, it):
 def _validate(net, opt, val_set, args, state, it, log):
     """The paper's four metrics on the val split at iteration `it`: logged, printed, and best.npz written when
     the mean IU beats the best so far -> the name of a body ReLU that has died (dead_relu), or None."""
-    _, result = evaluate(net, val_set, limit=args.val_images)
+    _, result = evaluate(net, val_set, batch_size=args.batch_size, limit=args.val_images)   # as many as a step holds
     log.write(json.dumps({"iter": it, **{k: result[k] for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")}}) + "\n")
     log.flush()
     print(f"iteration {it}: " + format_table(result, val_set.class_names).split("\n")[0], file=sys.stderr)
@@ -609,7 +609,7 @@ def _fit(net, opt, val_set, args, state, it, wanted, budget, t_start, t_timed, c
     step = (time.monotonic() - t_timed) / (CALIBRATE[1] - CALIBRATE[0])
     n_val = min(args.val_images or len(val_set), len(val_set))
     t0 = time.monotonic()
-    evaluate(net, val_set, limit=min(4, n_val))
+    evaluate(net, val_set, batch_size=args.batch_size, limit=min(4, n_val))
     val = (time.monotonic() - t0) * n_val / min(4, n_val)
     t0 = time.monotonic()
     save_checkpoint(ckpt_path, net, opt, {**state, "iter": it})
