@@ -85,6 +85,8 @@ def parse_args(argv=None):
     p.add_argument("--val-dataset", default=None, choices=["shapes", "voc", "sbd", "seg11valid", "folder"],
                    help="validate on another dataset (default: --dataset); the paper trains on sbd and validates "
                         "on seg11valid (VOC2011 val less SBD train)")
+    p.add_argument("--val-data-root", default=None, help="the validation dataset's folder, when it is not under "
+                   "--data-root (default: --data-root)")
     p.add_argument("--train-split", default="train")
     p.add_argument("--val-split", default="val")
     p.add_argument("--num-classes", type=int, default=None, help="default: the dataset's")
@@ -383,7 +385,7 @@ def main(argv=None):
             return {"size": args.image_size, "cache": cache}
         return {"num_classes": args.num_classes} if name == "folder" and args.num_classes else {}
     train_set = get_dataset(args.dataset, split=args.train_split, root=args.data_root, **options(args.dataset))
-    val_set = get_dataset(val_name, split=args.val_split, root=args.data_root, **options(val_name))
+    val_set = get_dataset(val_name, split=args.val_split, root=args.val_data_root or args.data_root, **options(val_name))
     if val_set.num_classes != train_set.num_classes:
         counted = " (each counted from its own masks)" if "folder" in (args.dataset, val_name) else ""
         raise ValueError(f"the training set ({train_set.name}) has {train_set.num_classes} classes and the validation "
@@ -425,7 +427,8 @@ def main(argv=None):
     batch_iter = batches(train_set, args.batch_size, shuffle=True, seed=args.seed, crop_size=args.crop_size,
                          mirror=True, preprocessing=net.preprocessing, start=start)
     progress = Progress(total, start)
-    saved = {**vars(args), **{k: os.path.abspath(getattr(args, k)) for k in ("data_root", "init") if getattr(args, k)},
+    saved = {**vars(args), **{k: os.path.abspath(getattr(args, k)) for k in ("data_root", "val_data_root", "init")
+                               if getattr(args, k)},
              **{k: getattr(net, k) for k in NET_OPTIONS}}                # the net's own, resumed or new
     state = {"iter": start, "best_mean_iu": best, "args": saved, "total": total}   # paths absolute: resume from anywhere
     it, t_last, pixels, t_timed = start, time.time(), 0, None

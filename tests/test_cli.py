@@ -648,3 +648,19 @@ def test_num_classes_is_for_a_folder_of_ones_own_masks(tmp_path):
 
 def test_dead_relu_of_no_images_is_none():
     assert train.dead_relu(scored_net(3), []) is None
+
+
+def test_the_validation_set_can_live_under_its_own_root(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for root, n in (("mine", 3), ("theirs", 2)):                     # two folders with one split each
+        for sub in ("val/images", "val/masks", "train/images", "train/masks"):
+            (tmp_path / root / sub).mkdir(parents=True)
+        for split in ("train", "val"):
+            for i in range(n if split == "val" else 2):
+                Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(
+                    tmp_path / root / split / "images" / f"{i}.png")
+                Image.fromarray(np.eye(24, dtype=np.uint8), mode="L").save(tmp_path / root / split / "masks" / f"{i}.png")
+    assert run_train(tmp_path / "run", "--dataset", "folder", "--data-root", str(tmp_path / "mine"), "--iters", "1",
+                     "--val-data-root", str(tmp_path / "theirs")) == 0
+    assert "validation: folder-val, 2)" in capsys.readouterr().err     # theirs (2 val images), not mine (3)
+    assert train.saved_args(tmp_path / "run" / "checkpoint.npz")["val_data_root"] == str(tmp_path / "theirs")
