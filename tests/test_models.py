@@ -350,8 +350,26 @@ def test_vgg16_weights_with_missing_or_fully_connected_layers_fail_clearly(tmp_p
     np.savez(path, **{**arrays, "fc6.W": arrays["fc6.W"].reshape(256, -1)})
     with pytest.raises(ValueError, match="reshape it to"):
         build("fcn8s", num_classes=3, backbone="vgg16-tiny", init=path)
-    with pytest.raises(ValueError, match="fc6.W"):                       # full VGG16 weights into the tiny one
+    with pytest.raises(ValueError, match=r"is the vgg16-tiny body, but this net is vgg16-tiny at width 0\.5: pass "
+                                         r"--width 1 "):            # tiny VGG16 weights into a half-width tiny net
         build("fcn8s", num_classes=3, backbone="vgg16-tiny", width=0.5, init=vgg16_file(tmp_path)[0])
+
+
+def test_weights_of_another_backbone_or_width_say_which_option_fits():
+    """Not a table of 30 differing shapes: the backbone (or width) the file is for, as the option to pass."""
+    from minifcn.models.fcn import _body_shapes
+    zeros = np.float32(0)
+    vgg16 = {k: np.broadcast_to(zeros, shape) for k, shape in _body_shapes(1.0).items()}    # no 0.5 GB of memory
+    with pytest.raises(ValueError, match=r"^weights dict is the vgg16 body, but this net is vgg16-tiny at width 1: "
+                                         r"pass --backbone vgg16 \(backbone='vgg16', width=1 in Python\)$"):
+        build("fcn8s", num_classes=3, backbone="vgg16-tiny", init=vgg16)
+    half = {k: np.broadcast_to(zeros, shape) for k, shape in _body_shapes(1 / 32).items()}   # vgg16-tiny, width 0.5
+    with pytest.raises(ValueError, match=r"^weights dict is the vgg16-tiny body at width 0\.5, but this net is "
+                                         r"vgg16-tiny at width 1: pass --width 0\.5 \("):
+        build("fcn32s", num_classes=3, backbone="vgg16-tiny", init=half)
+    with pytest.raises(ValueError, match=r"the VGG16 body of fcn32s .* is not all there"):   # no fit: the table
+        build("fcn32s", num_classes=3, backbone="vgg16-tiny", init={**half, "conv1_1.W": np.zeros((4, 3, 3, 3),
+                                                                                                  np.float32)})
 
 
 def test_fcn8s_and_at_once_files_are_told_apart(tmp_path):
@@ -375,7 +393,8 @@ def test_checkpoint_extras_are_kept_apart(tmp_path):
 
 def test_vgg16_files_are_not_fcn_files(tmp_path):
     path, _ = vgg16_file(tmp_path)
-    with pytest.raises(ValueError, match="init=path"):
+    with pytest.raises(ValueError, match=r"not a saved FCN .*To start from VGG16 weights, train with --init FILE "
+                                         r"\(in Python: minifcn\.models\.build\(name, init=path\)\)"):
         load(path)
 
 

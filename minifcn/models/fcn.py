@@ -38,7 +38,7 @@ from ..backend import device_of, to_device, to_numpy
 from ..geometry import spec_of
 from ..layers import Conv2d, ConvTranspose2d, Scale
 from ..weights import load_npz, save_npz
-from .vgg import BACKBONES, CAFFE_PREPROCESSING, TRUNK, VGG16
+from .vgg import BACKBONES, BLOCKS, CAFFE_PREPROCESSING, FC, TRUNK, VGG16, scaled
 
 FORMAT = "minifcn-fcn/1"
 
@@ -215,6 +215,8 @@ class FCN:
                              f"(backbone {self.backbone}, width {self.width:g}).{held}\n{report.problems()}\n"
                              "Rebuild the file's own net with minifcn.models.load(path), or copy only what "
                              "matches (net surgery) with net.load_weights(path, strict=False).")
+        if not report.loaded and _wrong_body(report, self.backbone, self.width):
+            raise ValueError(_wrong_body(report, self.backbone, self.width))
         if not report.loaded:
             raise ValueError(f"{where}: no parameter matches {self.arch} (backbone {self.backbone}, width "
                              f"{self.width:g}) in name and shape; is it a weight file for this net?\n{report}")
@@ -479,6 +481,8 @@ def build(name, num_classes=21, backbone="vgg16", width=1.0, dropout=0.5, learna
     if init is not None:
         report = net.load_weights(init, strict=False)
         bad = [k for k in report.missing + list(report.mismatched) if k.split(".")[0] in TRUNK]
+        if bad and _wrong_body(report, backbone, width):
+            raise ValueError(f"init {_wrong_body(report, backbone, width)}")
         if bad:
             raise ValueError(f"init {report.source}: the VGG16 body of {name} (backbone {backbone}, width "
                              f"{width:g}) is not all there: {bad} missing or of another shape.\n"
@@ -497,7 +501,8 @@ def load(path, name=None, num_classes=None, device="cpu"):
     if meta.get("arch") not in ARCHITECTURES or "num_classes" not in meta:
         held = f"holds {meta['arch']} weights" if "arch" in meta else "has no minifcn metadata ('__meta__')"
         raise ValueError(f"{where} {held}, not a saved FCN (arch one of {list(ARCHITECTURES)}, num_classes, "
-                         "backbone, width). For VGG16 weights use minifcn.models.build(name, init=path).")
+                         "backbone, width). To start from VGG16 weights, train with --init FILE "
+                         "(in Python: minifcn.models.build(name, init=path)).")
     net = build(meta["arch"] if name is None else name,
                 num_classes=meta["num_classes"] if num_classes is None else num_classes,
                 backbone=meta.get("backbone", "vgg16"), width=meta.get("width", 1.0),
@@ -535,6 +540,49 @@ class LoadReport:
         if self.ignored:
             head += f", {self.ignored} ignored (VGG16's ImageNet classifier)"
         return head + ("" if self.ok else ":\n" + self.problems())
+
+
+def _wrong_body(report, backbone, width):
+    """For weights of another backbone or width, the error in two lines ("... pass --backbone vgg16"), instead of
+    a table of 30 shapes; None otherwise."""
+    other = _body_of(report, backbone)
+    if other is None or other == (backbone, float(width)):
+        return None
+    held = f"the {other[0]} body" + (f" at width {other[1]:g}" if other[1] != 1 else "")
+    option = " ".join(([f"--backbone {other[0]}"] if other[0] != backbone else [])
+                      + ([f"--width {other[1]:g}"] if other[1] != width else []))
+    return (f"{report.source} is {held}, but this net is {backbone} at width {width:g}: pass {option} "
+            f"(backbone={other[0]!r}, width={other[1]:g} in Python)")
+
+
+def _body_of(report, backbone=None):
+    """(backbone, width) whose VGG16 body has the shapes the report's source holds, or None. Of the fits (vgg16 at
+    width 1/16 is vgg16-tiny), width 1 first, then `backbone`: the fewest options to change."""
+    source = {k: report.shapes[k] for k in report.loaded + report.unexpected + report.ignored}
+    source.update({k: shape for k, (shape, _) in report.mismatched.items()})
+    if "conv1_1.W" not in source:
+        return None
+    found = []
+    for name, scale in BACKBONES.items():
+        width = source["conv1_1.W"][0] / scaled(64, scale)
+        if all(source.get(k) == shape for k, shape in _body_shapes(scale * width).items()):
+            found.append((width != 1, name != backbone, name, width))
+    return min(found)[2:] if found else None
+
+
+def _body_shapes(width):
+    """{"conv1_1.W": (F, C, 3, 3), ..., "fc7.b": (F,)}: the VGG16 body's parameter shapes at `width`, without
+    making its arrays (VGG16's are half a gigabyte)."""
+    channels = {block: c for block, _, c in BLOCKS}
+    shapes, c_in = {}, 3
+    for name in TRUNK:
+        if name.startswith("conv"):
+            c_out, k = scaled(channels[int(name[4])], width), 3
+        else:
+            c_out, k = scaled(FC, width), 7 if name == "fc6" else 1
+        shapes[f"{name}.W"], shapes[f"{name}.b"] = (c_out, c_in, k, k), (c_out,)
+        c_in = c_out
+    return shapes
 
 
 def _hint(source_shape, net_shape):
