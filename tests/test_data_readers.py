@@ -238,8 +238,18 @@ def test_sbd_bad_mat_and_missing_scipy(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"x\.mat.*GTcls"):
         ds[0]
     monkeypatch.setitem(sys.modules, "scipy.io", None)                   # as if scipy were not installed
-    with pytest.raises(ImportError, match=r"pip install scipy"):
+    with pytest.raises(RuntimeError, match=r"pip install scipy"):
         ds[0]
+
+
+def test_sbd_without_scipy_is_one_line_when_the_dataset_is_opened(tmp_path, monkeypatch, capsys):
+    """Not an ImportError with a traceback at the first batch: a RuntimeError (one line, cli.for_the_user) at once."""
+    from minifcn import cli
+    make_sbd(tmp_path, {"train": ["x"]})
+    monkeypatch.setitem(sys.modules, "scipy.io", None)
+    monkeypatch.delenv("MINIFCN_TRACEBACK", raising=False)
+    assert cli.run(lambda: get_dataset("sbd", root=tmp_path), "prog") == 2
+    assert capsys.readouterr().err.startswith("prog: error: reading SBD's .mat labels needs scipy")
 
 
 def test_a_mask_value_equal_to_the_class_count_is_refused(tmp_path):
@@ -276,3 +286,75 @@ def test_folder_class_names_and_num_classes_must_agree(tmp_path):
     with pytest.raises(ValueError, match=r"5 classes asked for.*2 class names"):
         get_dataset("folder", root=tmp_path, num_classes=5)
     assert get_dataset("folder", root=tmp_path, num_classes=2).class_names == ["background", "cat"]
+
+
+def test_an_empty_split_list_is_refused_naming_it(tmp_path):
+    """An empty list would give 0 / 0 scores (NaN) in evaluate and no batches in train."""
+    base, _ = make_voc(tmp_path, splits={"train": ["2007_000001"], "empty": []})
+    with pytest.raises(DataError, match=r"Segmentation.empty\.txt: the split list is empty"):
+        get_dataset("voc", "empty", root=tmp_path)
+    sbd_base, _ = make_sbd(tmp_path / "s", {"train": ["a"]})
+    (sbd_base / "val.txt").write_text("\n\n")
+    with pytest.raises(DataError, match=r"val\.txt: the split list is empty"):
+        get_dataset("sbd", "val", root=tmp_path / "s")
+    make_voc(tmp_path / "TrainVal", year=2011, splits={"val": ["a"]})
+    with pytest.raises(DataError, match=r"seg11valid: every image of .*val\.txt is in .*train\.txt"):
+        get_dataset("seg11valid", voc_root=tmp_path / "TrainVal", sbd_root=tmp_path / "s", split="val")
+    (tmp_path / "f" / "images").mkdir(parents=True)
+    (tmp_path / "f" / "masks").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"images: no images"):
+        get_dataset("folder", root=tmp_path / "f")
+
+
+def test_16_bit_mask_values_above_255_are_refused_not_wrapped(tmp_path):
+    mask = np.zeros((4, 5), np.uint16)
+    mask[0, 0], mask[1, 1] = 256, 3                                     # 256 would become 0 as uint8
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    with pytest.raises(DataError, match=r"m\.png: label values \[256\] are above 255; minifcn supports at most 255"):
+        read_mask(tmp_path / "m.png", 300)
+    mask[0, 0] = 255                                                    # 16-bit, but every value fits: read
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    assert read_mask(tmp_path / "m.png", 4).tolist()[1][1] == 3
+    make_folder(tmp_path / "f")
+    with pytest.raises(ValueError, match=r"300 classes asked for.*supports 1 to 255"):
+        get_dataset("folder", root=tmp_path / "f", num_classes=300)
+    (tmp_path / "f" / "classes.txt").write_text("".join(f"c{i}\n" for i in range(256)))
+    with pytest.raises(DataError, match=r"classes\.txt: 256 classes; minifcn supports at most 255"):
+        get_dataset("folder", root=tmp_path / "f")
+
+
+def test_a_value_outside_the_classes_gets_advice_for_its_dataset(tmp_path):
+    """Not the Python API's 'pass num_classes=': a folder names classes.txt and --num-classes; VOC has 21 classes,
+    so its mask is damaged or another dataset's."""
+    make_folder(tmp_path / "f", num_classes=4)
+    bad = _label(num_classes=4)
+    bad[3, 3] = 7
+    Image.fromarray(bad, mode="L").save(tmp_path / "f" / "masks" / "a.png")
+    with pytest.raises(DataError, match=r"a\.png.*\[7\].*classes\.txt.*--num-classes") as e:
+        get_dataset("folder", root=tmp_path / "f", num_classes=4)[0]
+    assert "num_classes=" not in str(e.value)
+    base, _ = make_voc(tmp_path / "v")
+    Image.fromarray(np.full((12, 16), 40, np.uint8), mode="L").save(base / "SegmentationClass" / "2007_000001.png")
+    with pytest.raises(DataError, match=r"\[40\].*not a VOC mask") as e:
+        get_dataset("voc", root=tmp_path / "v")[0]
+    assert "num_classes" not in str(e.value)
+
+
+def test_classes_counted_from_the_masks_are_said_with_the_values(tmp_path, capsys):
+    """A stray value (7 in masks of 0..2) would silently make 8 classes: the count and the values are printed."""
+    make_folder(tmp_path, num_classes=3)
+    stray = _label(num_classes=3)
+    stray[5, 5] = 7
+    Image.fromarray(stray, mode="L").save(tmp_path / "masks" / "b.png")
+    assert get_dataset("folder", root=tmp_path).num_classes == 8
+    assert "8 classes counted from the masks (values 0, 1, 2, 7)" in capsys.readouterr().err
+    get_dataset("folder", root=tmp_path, num_classes=8)
+    assert capsys.readouterr().err == ""                                # not counted: nothing to say
+
+
+def test_a_jpeg_mask_is_named_and_refused(tmp_path):
+    make_folder(tmp_path, names=("a0", "a1"))
+    (tmp_path / "masks" / "a0.png").unlink()
+    Image.fromarray(_label(num_classes=4), mode="L").save(tmp_path / "masks" / "a0.jpg")
+    with pytest.raises(FileNotFoundError, match=r"a0\.png; a0\.jpg is there, but masks must be lossless PNGs"):
+        get_dataset("folder", root=tmp_path, num_classes=4)

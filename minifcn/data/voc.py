@@ -16,6 +16,7 @@ Layouts (ROOT is the `root` argument, or $MINIFCN_DATA, or ./data):
     folder     ROOT/[SPLIT/]images/NAME.{jpg,png} and ROOT/[SPLIT/]masks/NAME.png
 """
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "
                "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
                "sheep", "sofa", "train", "tvmonitor"]
 VOID = 255
+MAX_CLASSES = 255               # ids 0..254: a mask holds one byte per pixel, and 255 is void
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff")
 
 
@@ -94,11 +96,12 @@ def read_image(path, upright=False):
                                                 "export it again") from e
 
 
-def read_mask(path, num_classes):
+def read_mask(path, num_classes, fix=None):
     """A PNG of class ids -> (H, W) uint8, checked: every value is < num_classes or 255 (void).
 
     Palette ('P') PNGs such as VOC's SegmentationClass give their indices; grayscale ('L') PNGs their
-    values. A colour (RGB) mask is refused: its colours would first have to be mapped to class ids.
+    values (16-bit ones too, if no value passes 255). A colour (RGB) mask is refused: its colours would first
+    have to be mapped to class ids. fix: the advice for a value outside the classes (see check_label).
     """
     try:
         with Image.open(path) as im:
@@ -113,16 +116,22 @@ def read_mask(path, num_classes):
     except (OSError, SyntaxError) as e:
         raise _unreadable(path, e) or DataError(f"{path}: the mask is truncated or corrupt ({e}); download or "
                                                 "export it again") from e
-    return check_label(mask, num_classes, path)
+    return check_label(mask, num_classes, path, fix)
 
 
-def read_sbd_mat(path, num_classes):
-    """An SBD cls/*.mat file -> (H, W) uint8 from its GTcls.Segmentation field (scipy needed)."""
+def _loadmat():
+    """scipy.io.loadmat, or a RuntimeError that says how to install it (cli prints it as one line)."""
     try:
         from scipy.io import loadmat
     except ImportError:
-        raise ImportError("reading SBD's .mat labels needs scipy: pip install scipy "
-                          "(or pip install 'minifcn[sbd]')") from None
+        raise RuntimeError("reading SBD's .mat labels needs scipy, which is not installed: pip install scipy "
+                           "(or pip install 'minifcn[sbd]')") from None
+    return loadmat
+
+
+def read_sbd_mat(path, num_classes, fix=None):
+    """An SBD cls/*.mat file -> (H, W) uint8 from its GTcls.Segmentation field (scipy needed)."""
+    loadmat = _loadmat()
     try:
         mat = loadmat(path, squeeze_me=True, struct_as_record=False)
     except Exception as e:                                     # scipy raises several kinds here
@@ -130,24 +139,34 @@ def read_sbd_mat(path, num_classes):
     if "GTcls" not in mat or not hasattr(mat["GTcls"], "Segmentation"):
         raise DataError(f"{path}: expected a MATLAB struct GTcls with a field Segmentation "
                         f"(SBD's cls/*.mat), found {sorted(k for k in mat if not k.startswith('__'))}")
-    return check_label(np.asarray(mat["GTcls"].Segmentation), num_classes, path)
+    return check_label(np.asarray(mat["GTcls"].Segmentation), num_classes, path, fix)
 
 
-def check_label(label, num_classes, path="label"):
-    """Check a label map: 2-D, values in 0..num_classes-1 or 255. Returns it as (H, W) uint8."""
+def check_label(label, num_classes, path="label", fix=None):
+    """Check a label map: 2-D, values in 0..num_classes-1 or 255. Returns it as (H, W) uint8.
+
+    fix: what the message advises for a value outside the classes (each dataset knows where its classes come
+    from); by default, 255 for void or a larger num_classes.
+    """
     if label.ndim != 2:
         raise DataError(f"{path}: a label map must be 2-D (H, W), got shape {label.shape}")
     values = np.unique(label)
+    if values.size and values[-1] > VOID:                     # uint8 would wrap them around: 256 -> 0
+        raise DataError(f"{path}: label values {values[values > VOID].tolist()[:10]} are above 255; minifcn supports "
+                        f"at most {MAX_CLASSES} classes (ids 0..{MAX_CLASSES - 1}, 255 = void). Is it a mask of class "
+                        "ids?")
     bad = values[((values >= num_classes) & (values != VOID)) | (values < 0)]
     if bad.size:
+        fix = fix or "use 255 for void pixels, or pass num_classes= for more classes"
         raise DataError(f"{path}: label values {bad.tolist()[:10]} are outside the {num_classes} classes "
-                        f"0..{num_classes - 1}; use 255 for void pixels, or pass num_classes= for more classes")
+                        f"0..{num_classes - 1}; {fix}")
     return label.astype(np.uint8)
 
 
-def read_label(path, num_classes):
+def read_label(path, num_classes, fix=None):
     """Dispatch on the file type: .mat (SBD) or an image of class ids (VOC, folder)."""
-    return read_sbd_mat(path, num_classes) if Path(path).suffix == ".mat" else read_mask(path, num_classes)
+    read = read_sbd_mat if Path(path).suffix == ".mat" else read_mask
+    return read(path, num_classes, fix)
 
 
 # ----------------------------------------------------------------------------- the one dataset class
@@ -156,14 +175,15 @@ class FileDataset:
     """Images and labels read from files: ds[i] -> (image (H, W, 3) uint8, label (H, W) uint8).
 
     ids[i], image_files[i], label_files[i] describe item i; num_classes, class_names, name as
-    every minifcn dataset has them.
+    every minifcn dataset has them. fix: the advice when a label holds a value outside the classes.
     """
 
-    def __init__(self, name, ids, image_files, label_files, class_names):
+    def __init__(self, name, ids, image_files, label_files, class_names, fix=None):
         self.name, self.ids = name, list(ids)
         self.image_files, self.label_files = list(image_files), list(label_files)
         self.class_names = list(class_names)
         self.num_classes = len(self.class_names)
+        self.fix = fix
 
     def __len__(self):
         return len(self.ids)
@@ -172,7 +192,7 @@ class FileDataset:
         if not -len(self) <= i < len(self):
             raise IndexError(f"{self.name}: index {i} out of range for {len(self)} images")
         image = read_image(self.image_files[i])
-        label = read_label(self.label_files[i], self.num_classes)
+        label = read_label(self.label_files[i], self.num_classes, self.fix)
         if image.shape[:2] != label.shape:
             raise DataError(f"{self.label_files[i]}: label is {label.shape[0]}x{label.shape[1]} but its image "
                             f"{self.image_files[i]} is {image.shape[0]}x{image.shape[1]}; they must match")
@@ -193,6 +213,15 @@ def _check_files(name, files, what):
 def _read_ids(path):
     """A split list: one id per line (SBD's and VOC's ImageSets); blank lines skipped."""
     return [line.split()[0] for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def _split_ids(listing):
+    """The ids of the split a dataset is opened at; an empty list is an error naming it (its scores would be 0 / 0)."""
+    ids = _read_ids(listing)
+    if not ids:
+        raise DataError(f"{listing}: the split list is empty; it must name the split's images, one id (a file name "
+                        "without its suffix, e.g. 2007_000032) per line")
+    return ids
 
 
 def _missing_root(what, root, tried, layout, command):
@@ -225,7 +254,12 @@ def voc(split="train", root=None, year=2012):
     if not listing.is_file():
         have = sorted(p.stem for p in listing.parent.glob("*.txt"))
         raise FileNotFoundError(f"{listing}: no such split list; VOC{year} has splits {have}")
-    return _voc_from_ids(f"voc{year}-{split}", base, _read_ids(listing))
+    return _voc_from_ids(f"voc{year}-{split}", base, _split_ids(listing))
+
+
+# a VOC or SBD label with a value outside 0..20 is damaged or another dataset's, not a case for more classes
+NOT_VOC = ("this is not a VOC mask (VOC's hold the class ids 0..20 and 255 for void); put the dataset's own {what} "
+           "back (download it again)")
 
 
 def _voc_from_ids(name, base, ids):
@@ -233,7 +267,7 @@ def _voc_from_ids(name, base, ids):
     labels = [base / "SegmentationClass" / f"{i}.png" for i in ids]
     _check_files(name, images, "images (JPEGImages/*.jpg)")
     _check_files(name, labels, "masks (SegmentationClass/*.png)")
-    return FileDataset(name, ids, images, labels, VOC_CLASSES)
+    return FileDataset(name, ids, images, labels, VOC_CLASSES, NOT_VOC.format(what="SegmentationClass PNG"))
 
 
 # ----------------------------------------------------------------------------- SBD
@@ -256,12 +290,13 @@ def sbd(split="train", root=None):
     listing = base / f"{split}.txt"
     if not listing.is_file():
         raise FileNotFoundError(f"{listing}: no such split list; SBD has train.txt and val.txt")
-    ids = _read_ids(listing)
+    _loadmat()                                                 # scipy: now, not at the first batch
+    ids = _split_ids(listing)
     images = [base / "img" / f"{i}.jpg" for i in ids]
     labels = [base / "cls" / f"{i}.mat" for i in ids]
     _check_files(f"sbd-{split}", images, "images (img/*.jpg)")
     _check_files(f"sbd-{split}", labels, "labels (cls/*.mat)")
-    return FileDataset(f"sbd-{split}", ids, images, labels, VOC_CLASSES)
+    return FileDataset(f"sbd-{split}", ids, images, labels, VOC_CLASSES, NOT_VOC.format(what="cls/*.mat file"))
 
 
 # ----------------------------------------------------------------------------- seg11valid
@@ -281,7 +316,10 @@ def seg11valid(split="val", root=None, voc_root=None, sbd_root=None):
         if not listing.is_file():
             raise FileNotFoundError(f"seg11valid needs the split list {listing}, which is missing")
     exclude = set(_read_ids(sbd_train))
-    ids = [i for i in _read_ids(voc_val) if i not in exclude]
+    ids = [i for i in _split_ids(voc_val) if i not in exclude]
+    if not ids:
+        raise DataError(f"seg11valid: every image of {voc_val} is in {sbd_train}, so none is left; check that these "
+                        "are VOC2011's val list and SBD's train list")
     return _voc_from_ids("seg11valid", base, ids)
 
 
@@ -292,7 +330,8 @@ def folder(split="train", root=None, num_classes=None, class_names=None, images=
 
     If root/<split>/ exists it is used, otherwise root itself (then every split reads the same files).
     Classes: class_names, else the lines of root/classes.txt, else num_classes, else inferred as the
-    largest mask value (255 aside) + 1, which reads every mask once.
+    largest mask value (255 aside) + 1, which reads every mask once (and says so on stderr, with the values
+    found: a stray value would otherwise add classes silently). At most 255 classes.
     """
     root = Path(default_root() if root is None else root)
     base = root / split if (root / split / images).is_dir() else root
@@ -306,21 +345,39 @@ def folder(split="train", root=None, num_classes=None, class_names=None, images=
     mask_files = [base / masks / f"{p.stem}.png" for p in image_files]
     for img, msk in zip(image_files, mask_files):
         if not msk.is_file():
-            raise FileNotFoundError(f"{img}: this image has no mask; expected {msk}")
+            others = sorted(p.name for p in msk.parent.iterdir() if p.stem == msk.stem)
+            seen = (f"; {', '.join(others)} is there, but masks must be lossless PNGs (JPEG's compression changes the "
+                    "class ids along every edge): save the masks as PNG") if others else ""
+            raise FileNotFoundError(f"{img}: this image has no mask; expected {msk}{seen}")
 
-    if class_names is None and (root / "classes.txt").is_file():
-        class_names = [n.strip() for n in (root / "classes.txt").read_text().splitlines() if n.strip()]
+    class_list = root / "classes.txt"
+    if class_names is None and class_list.is_file():
+        class_names = [n.strip() for n in class_list.read_text().splitlines() if n.strip()]
+        if len(class_names) > MAX_CLASSES:
+            raise DataError(f"{class_list}: {len(class_names)} classes; minifcn supports at most {MAX_CLASSES} (a mask "
+                            "holds one byte per pixel, and 255 is void)")
     if class_names is None:
         if num_classes is None:                                # largest class id seen, over every mask
-            labels = (read_mask(f, VOID) for f in mask_files)
-            num_classes = 1 + max(int(np.max(np.where(m == VOID, 0, m))) for m in labels)
+            values = set()
+            for f in mask_files:
+                values.update(np.flatnonzero(np.bincount(read_mask(f, VOID).ravel(), minlength=256)).tolist())
+            values.discard(VOID)
+            num_classes = 1 + max(values, default=0)
             if num_classes == 1:
                 raise DataError(f"{base / masks}: every mask holds only 0 (background) and 255 (void), so there is "
                                 "nothing to learn. Binary masks saved as 0 / 255? Save the object as 1 (mask // 255), "
                                 "or list the classes, one per line, in ROOT/classes.txt")
+            shown = ", ".join(map(str, sorted(values)[:20])) + (", ..." if len(values) > 20 else "")
+            print(f"{base / masks}: {num_classes} classes counted from the masks (values {shown}); to set them, list "
+                  f"them in {class_list} or pass --num-classes", file=sys.stderr)
+        elif not 1 <= int(num_classes) <= MAX_CLASSES:
+            raise ValueError(f"folder: {num_classes} classes asked for (--num-classes / num_classes); minifcn supports "
+                             f"1 to {MAX_CLASSES} (a mask holds one byte per pixel, and 255 is void)")
         class_names = ["background"] + [f"class{c}" for c in range(1, int(num_classes))]
     elif num_classes is not None and int(num_classes) != len(class_names):
         raise ValueError(f"folder: {num_classes} classes asked for (--num-classes / num_classes) but "
                          f"{len(class_names)} class names given (ROOT/classes.txt or class_names); make them agree")
     ids = [p.stem for p in image_files]
-    return FileDataset(f"folder-{base.name}", ids, image_files, mask_files, class_names)
+    fix = (f"use 255 for void pixels; for more classes list them, one name per line, in {class_list} (or train with "
+           "--num-classes)")
+    return FileDataset(f"folder-{base.name}", ids, image_files, mask_files, class_names, fix)
