@@ -27,6 +27,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if os.path.exists(args.dst) and os.path.exists(args.src) and os.path.samefile(args.src, args.dst):
         parser.error("SRC and DST are the same file")
+    cli.check_output_file(args.dst, "DST")                  # before reading SRC, which can take a minute
     start = time.perf_counter()
     params, meta = read_weights(args.src, args.format)      # a bad file: cli.run ends the command with one line
     save_npz(args.dst, params, meta)

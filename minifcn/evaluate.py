@@ -49,9 +49,11 @@ def main(argv=None):
     if args.batch_size < 1:
         p.error(f"--batch-size must be at least 1 image, got {args.batch_size}")
 
+    if args.json:                                        # a bad destination is told now, not after the whole split
+        cli.check_output_file(args.json, "--json")
+    net = models.load(args.checkpoint, device=args.device)   # first: a file that is no checkpoint is named as such
     run = saved_args(args.checkpoint)                    # the training run's options ({} for a plain model file)
     _from_the_run(args, run)
-    net = models.load(args.checkpoint, device=args.device)
     size = args.image_size or run.get("image_size") or DEFAULT_IMAGE_SIZE
     options = {"size": size} if args.dataset == "shapes" else {}
     if args.dataset == "folder" and not _has_class_list(args.data_root):
@@ -64,16 +66,17 @@ def main(argv=None):
 
     def save_tile(i, image, label, pred):
         name = str(ids[i]) if ids is not None else f"{i:05d}"
-        Image.fromarray(tiles(image, label, pred)).save(os.path.join(args.save_vis, f"{name}.png"))
+        with cli.atomic_write(os.path.join(args.save_vis, f"{name}.png")) as f:
+            Image.fromarray(tiles(image, label, pred)).save(f, format="PNG")
     if args.save_vis:
-        os.makedirs(args.save_vis, exist_ok=True)
+        cli.check_output_folder(args.save_vis, "--save-vis")
     hist, result = evaluate(net, dataset, batch_size=args.batch_size, limit=args.limit,
                             visit=save_tile if args.save_vis else None)
     n = len(dataset) if args.limit is None else min(args.limit, len(dataset))
     print(f"{net.arch} on {args.dataset} {args.split}: {n} images, {int(hist.sum())} labelled pixels\n")
     print(format_table(result, dataset.class_names))
     if args.json:
-        with open(args.json, "w") as f:
+        with cli.atomic_write(args.json, "w") as f:         # a full disk leaves the old file, not an empty one
             report = {k: _no_nan(v.tolist() if hasattr(v, "tolist") else v) for k, v in result.items()}
             report.update(class_names=list(dataset.class_names), confusion=hist.astype(int).tolist())
             json.dump(report, f, indent=1, allow_nan=False)

@@ -83,7 +83,7 @@ def main(argv=None):
     net = models.load(args.checkpoint, device=args.device)
     images = image_files(args.images)
     outputs = _output_names(images, args.out)                 # checked before anything is written
-    os.makedirs(args.out, exist_ok=True)
+    cli.check_output_folder(args.out, "--out")                # created, and writable, before the first image
     skipped, warned = [], False
     for path, (labels_png, overlay_png) in zip(images, outputs):
         try:
@@ -98,8 +98,10 @@ def main(argv=None):
                   "needs about 1 GB a megapixel on the CPU). --max-side 500 is much lighter and is the scale of VOC's "
                   "images", file=sys.stderr)
         pred = predict(net, image, args.max_side)
-        palette_png(pred).save(labels_png)
-        Image.fromarray(overlay(image, pred, args.alpha)).save(overlay_png)
+        with cli.atomic_write(labels_png) as f:               # whole or absent, never a 0-byte PNG
+            palette_png(pred).save(f, format="PNG")
+        with cli.atomic_write(overlay_png) as f:
+            Image.fromarray(overlay(image, pred, args.alpha)).save(f, format="PNG")
         classes = np.unique(pred).tolist()
         h, w = net_size(image.shape, args.max_side)
         shrunk = f" (the net saw it at {w}x{h})" if (h, w) != image.shape[:2] else ""

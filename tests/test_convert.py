@@ -159,3 +159,84 @@ def test_saved_files_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert (tmp_path / "w.npz").stat().st_mode & 0o777 == 0o644
+
+
+# ----------------------------------------------------------------------------- files that are not what they seem
+
+def test_a_truncated_npz_says_so(tmp_path):
+    """`head -c N checkpoint.npz > trunc.npz` (an interrupted copy): not a BadZipFile traceback, not 'convert it'."""
+    save_npz(tmp_path / "w.npz", {"a": np.zeros(4000, np.float32)}, {})
+    data = (tmp_path / "w.npz").read_bytes()
+    (tmp_path / "trunc.npz").write_bytes(data[:len(data) // 2])
+    with pytest.raises(ValueError, match=r"trunc\.npz' is truncated or corrupt \(an interrupted copy\?\): copy or "
+                                         r"download it again") as e:
+        load_npz(tmp_path / "trunc.npz")
+    assert "convert" not in str(e.value)
+    (tmp_path / "empty.npz").write_bytes(b"")                           # a copy onto a full disk
+    with pytest.raises(ValueError, match=r"empty\.npz' is truncated or corrupt .*\(it is empty\)"):
+        load_npz(tmp_path / "empty.npz")
+    damaged = bytearray(data)
+    damaged[len(data) // 2] ^= 0xFF                                     # one byte flipped inside the array
+    (tmp_path / "damaged.npz").write_bytes(bytes(damaged))
+    with pytest.raises(ValueError, match=r"damaged\.npz' is truncated or corrupt"):
+        load_npz(tmp_path / "damaged.npz")
+
+
+def test_a_torch_zip_or_another_zip_is_not_taken_for_an_npz(tmp_path):
+    """np.load opens any zip; a torch.save file would give bytes, not arrays (AttributeError in --init)."""
+    import zipfile
+    with zipfile.ZipFile(tmp_path / "tiny_vgg16.pth", "w") as z:
+        z.writestr("tiny_vgg16/data.pkl", b"\x80\x02}q\x00.")
+        z.writestr("tiny_vgg16/data/0", b"\x00" * 16)
+    with pytest.raises(ValueError, match=r"tiny_vgg16\.pth is a PyTorch file; convert it first: python -m "
+                                         r"minifcn\.convert .*tiny_vgg16\.pth .*tiny_vgg16\.npz"):
+        load_npz(tmp_path / "tiny_vgg16.pth")
+    from minifcn import models
+    with pytest.raises(ValueError, match=r"tiny_vgg16\.pth is a PyTorch file; convert it first"):   # train --init
+        models.build("fcn32s", num_classes=2, backbone="vgg16-tiny", init=tmp_path / "tiny_vgg16.pth")
+    with zipfile.ZipFile(tmp_path / "odd.npz", "w") as z:
+        z.writestr("a.npy", b"")
+        z.writestr("notes.txt", b"hello")
+    with pytest.raises(ValueError, match=r"odd\.npz' is a zip archive but not an \.npz: \['notes\.txt'\]"):
+        load_npz(tmp_path / "odd.npz")
+    (tmp_path / "w.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 8)
+    with pytest.raises(ValueError, match=r"w\.h5 is an HDF5 \(Keras\) file; convert it first"):
+        load_npz(tmp_path / "w.h5")
+
+
+def test_a_run_folder_is_not_a_weight_file(tmp_path):
+    with pytest.raises(IsADirectoryError, match=r"is a folder, not a weight file; give the \.npz file itself"):
+        load_npz(tmp_path)
+    save_npz(tmp_path / "checkpoint.npz", {"a": np.zeros(2)}, {})
+    with pytest.raises(IsADirectoryError, match=r"is a folder, not a weight file; did you mean .*checkpoint\.npz\?"):
+        load_npz(tmp_path)
+
+
+def test_the_destination_is_checked_before_the_source_is_read(tmp_path, capsys, monkeypatch):
+    import minifcn.convert
+    tiny_caffemodel(tmp_path / "w.caffemodel")
+    monkeypatch.setattr(minifcn.convert, "read_weights", lambda *a: pytest.fail("read SRC before checking DST"))
+    monkeypatch.delenv("MINIFCN_TRACEBACK", raising=False)
+    assert convert([str(tmp_path / "w.caffemodel"), str(tmp_path / "nodir" / "x.npz")]) == 2
+    err = capsys.readouterr().err
+    assert f"nodir{os.sep}x.npz: the folder {tmp_path / 'nodir'} does not exist" in err and ".tmp" not in err
+    (tmp_path / "odd").mkdir()
+    assert convert([str(tmp_path / "w.caffemodel"), str(tmp_path / "odd") + os.sep]) == 2
+    assert "odd/ is a folder; give the name of the file to write in it" in capsys.readouterr().err
+
+
+def test_an_unknown_format_is_not_called_a_broken_caffemodel(tmp_path, capsys):
+    from PIL import Image
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(tmp_path / "gray.png")
+    assert convert([str(tmp_path / "gray.png"), str(tmp_path / "x.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "gray.png': format not recognised" in err and "caffemodel" in err and ".h5" in err and "--format" in err
+    assert "truncated" not in err
+    (tmp_path / "cut.caffemodel").write_bytes((tmp_path / "gray.png").read_bytes())
+    assert convert([str(tmp_path / "cut.caffemodel"), str(tmp_path / "x.npz")]) == 2    # told a caffemodel: Caffe's
+    assert "not a readable caffemodel" in capsys.readouterr().err                       # reader says what is wrong
+    save_npz(tmp_path / "some.npz", {"a": np.zeros(2)}, {})
+    assert convert([str(tmp_path / "some.npz"), str(tmp_path / "x.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to convert; pass it to python -m minifcn.train --init, evaluate or predict" in err
+    assert "load_npz" not in err

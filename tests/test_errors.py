@@ -1,4 +1,5 @@
 """Bad input fails early with a message that names the argument, what was seen and what was expected."""
+import os
 import sys
 
 import numpy as np
@@ -117,3 +118,96 @@ def test_to_device_and_back(xp):
     np.testing.assert_array_equal(backend.to_numpy(on), x)
     moved = backend.to_device({"a.W": x}, device)
     assert backend.device_of(moved["a.W"]) == device
+
+
+# ----------------------------------------------------------------------------- the command lines' files
+
+def cli_run(main, argv, capsys):
+    """main(argv) as the shell runs it -> (exit status, stderr)."""
+    from minifcn import cli
+    status = cli.run(lambda: main(argv), "prog")
+    return status, capsys.readouterr().err
+
+
+@pytest.fixture
+def checkpoint(tmp_path, monkeypatch):
+    """A tiny FCN-32s for the shapes' 6 classes, saved as a model file."""
+    from minifcn import models
+    monkeypatch.delenv("MINIFCN_TRACEBACK", raising=False)
+    return str(models.build("fcn32s", num_classes=6, backbone="vgg16-tiny").save(tmp_path / "net.npz"))
+
+
+def test_a_truncated_checkpoint_is_one_line_from_evaluate_and_predict(tmp_path, checkpoint, capsys):
+    from minifcn import evaluate, predict
+    data = open(checkpoint, "rb").read()
+    trunc = str(tmp_path / "trunc.npz")
+    open(trunc, "wb").write(data[:len(data) // 2])                          # head -c N: an interrupted copy
+    for main, argv in ((evaluate.main, [trunc]), (predict.main, [trunc, checkpoint, "--out", str(tmp_path / "p")])):
+        status, err = cli_run(main, argv, capsys)
+        assert status == 2 and "trunc.npz' is truncated or corrupt (an interrupted copy?)" in err
+        assert "convert" not in err
+
+
+def test_a_vgg16_body_or_a_run_folder_given_as_the_checkpoint(tmp_path, checkpoint, capsys):
+    from minifcn import evaluate, predict
+    from minifcn.weights import save_npz
+    save_npz(tmp_path / "vgg16.npz", {"conv1_1.W": np.zeros((4, 3, 3, 3), f32)}, {"arch": "vgg16"})
+    status, err = cli_run(predict.main, [str(tmp_path / "vgg16.npz"), checkpoint, "--out", str(tmp_path / "p")], capsys)
+    assert status == 2 and "holds vgg16 weights, not a saved FCN" in err and "train with --init FILE" in err
+    (tmp_path / "runs" / "voc1").mkdir(parents=True)
+    os.replace(checkpoint, tmp_path / "runs" / "voc1" / "checkpoint.npz")
+    status, err = cli_run(evaluate.main, [str(tmp_path / "runs" / "voc1")], capsys)
+    assert status == 2 and f"is a folder, not a weight file; did you mean {tmp_path}/runs/voc1/checkpoint.npz?" in err
+
+
+def test_evaluate_checks_its_json_before_the_work_and_writes_it_whole(tmp_path, checkpoint, capsys, monkeypatch):
+    import json
+    from minifcn import evaluate
+    monkeypatch.setattr(evaluate, "evaluate", lambda *a, **k: pytest.fail("evaluated before checking --json"))
+    args = [checkpoint, "--image-size", "24", "--limit", "1"]
+    status, err = cli_run(evaluate.main, [*args, "--json", str(tmp_path / "nodir" / "s.json")], capsys)
+    assert status == 2 and f"--json {tmp_path}/nodir/s.json: the folder {tmp_path}/nodir does not exist" in err
+    status, err = cli_run(evaluate.main, [*args, "--json", str(tmp_path)], capsys)
+    assert status == 2 and "is a folder; give the name of the file" in err
+    (tmp_path / "file").write_text("")
+    status, err = cli_run(evaluate.main, [*args, "--save-vis", str(tmp_path / "file")], capsys)
+    assert status == 2 and "--save-vis " in err and "file is a file, not a folder" in err
+    monkeypatch.undo()
+    monkeypatch.delenv("MINIFCN_TRACEBACK", raising=False)
+
+    (tmp_path / "s.json").write_text('{"old": 1}')
+    dump = json.dump
+
+    def disk_full(obj, f, **kw):                                          # half the report, then no space left
+        f.write('{"pixel_acc": ')
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(json, "dump", disk_full)
+    status, err = cli_run(evaluate.main, [*args, "--json", str(tmp_path / "s.json")], capsys)
+    assert status == 2 and "No space left" in err
+    assert (tmp_path / "s.json").read_text() == '{"old": 1}'              # the old file, not an empty one
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+    monkeypatch.setattr(json, "dump", dump)
+    assert evaluate.main([*args, "--json", str(tmp_path / "s.json")]) == 0
+    assert "mean_iu" in json.load(open(tmp_path / "s.json"))
+
+
+def test_predict_never_leaves_an_empty_png(tmp_path, checkpoint, capsys, monkeypatch):
+    from PIL import Image
+    from minifcn import predict
+    Image.fromarray(np.zeros((9, 7, 3), np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "a.png").write_bytes(b"an older prediction")
+
+    class DiskFull:
+        def save(self, f, format=None):
+            f.write(b"\x89PNG")
+            raise OSError(28, "No space left on device")
+    monkeypatch.setattr(predict, "palette_png", lambda pred: DiskFull())
+    image = str(tmp_path / "a.png")
+    status, err = cli_run(predict.main, [checkpoint, image, "--out", str(tmp_path / "out")], capsys)
+    assert status == 2 and "No space left" in err
+    assert os.listdir(tmp_path / "out") == ["a.png"]                    # no temporary file left either
+    assert (tmp_path / "out" / "a.png").read_bytes() == b"an older prediction"
+    (tmp_path / "out.txt").write_text("")
+    status, err = cli_run(predict.main, [checkpoint, image, "--out", str(tmp_path / "out.txt")], capsys)
+    assert status == 2 and "--out " in err and "out.txt is a file, not a folder" in err

@@ -16,11 +16,11 @@ Trained FCN caffemodels add "num_classes", "backbone" and "width", and "arch" na
 """
 import json
 import os
-import tempfile
 import zipfile
 
 import numpy as np
 
+from .. import cli
 from . import caffe, keras, torchvision
 from .vgg16 import FORMAT, LAYERS, PREPROCESSING, convolutionalize, imagenet_forward
 
@@ -42,7 +42,8 @@ def detect_format(path):
         try:
             with zipfile.ZipFile(path) as z:
                 if z.namelist() and all(n.endswith(".npy") for n in z.namelist()):
-                    raise ValueError(f"{str(path)!r} is already a NumPy .npz; load it with load_npz")
+                    raise ValueError(f"{str(path)!r} is already a NumPy .npz, which minifcn reads as it is: nothing "
+                                     "to convert; pass it to python -m minifcn.train --init, evaluate or predict")
         except zipfile.BadZipFile:
             pass                                      # the torch reader explains what is wrong
         return "torchvision"
@@ -67,7 +68,14 @@ def read_weights(path, format="auto"):
         raise ValueError(f"format must be 'auto' or one of {FORMATS}, got {format!r}")
     source = detect_format(path) if format == "auto" else format
     if source == "caffe":
-        params, arch = caffe.read_net(path)
+        try:
+            params, arch = caffe.read_net(path)
+        except ValueError as e:
+            if format == "auto" and not path.lower().endswith(".caffemodel"):   # caffe was only the last guess
+                raise ValueError(f"{path!r}: format not recognised. convert reads torchvision .pth / .pt (a zip or a "
+                                 "pickle), Caffe .caffemodel (protobuf) and Keras .h5 (HDF5) files; if this is one of "
+                                 "them under another name, say which with --format") from e
+            raise
     else:
         params, arch = (torchvision if source == "torchvision" else keras).read_vgg16(path), {"arch": "vgg16"}
     meta = {"format": FORMAT, **arch, "source": source, "source_file": os.path.basename(path),
@@ -84,48 +92,81 @@ def read_vgg16(path, format="auto"):
 
 
 def save_npz(path, params, meta):
-    """Write params and meta to one .npz, atomically: a temporary file in the same folder, then os.replace.
-
-    A failure (disk full, a bad array) leaves nothing at `path`, and an older file there untouched.
-    Arrays are streamed into the archive (NumPy writes 16 MB at a time): no extra copy. Returns path.
+    """Write params and meta to one .npz, atomically: a temporary file in the same folder, then os.replace
+    (minifcn.cli.atomic_write). A failure (disk full, a bad array) leaves nothing at `path`, and an older file
+    there untouched. Arrays are streamed into the archive (NumPy writes 16 MB at a time): no extra copy.
+    Returns path.
     """
     path = os.fspath(path)
     bad = [k for k, v in params.items() if not isinstance(k, str) or k == META_KEY or not hasattr(v, "dtype")]
     if bad:
         raise ValueError(f"save_npz {path!r}: parameter keys must be strings (not {META_KEY!r}) "
                          f"holding arrays; bad: {bad[:5]}")
-    fd, tmp = tempfile.mkstemp(prefix=".minifcn-", suffix=".npz.tmp", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **{META_KEY: np.array(json.dumps(meta))}, **params)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)        # mkstemp makes it private; the file gets what open() would give
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with cli.atomic_write(path) as f:
+        np.savez(f, **{META_KEY: np.array(json.dumps(meta))}, **params)
     return path
 
 
 def load_npz(path):
-    """A minifcn .npz -> (params {key: array}, meta dict; {} when the file has none)."""
+    """A minifcn .npz -> (params {key: array}, meta dict; {} when the file has none).
+
+    Anything else is a ValueError that says what the file is and what to do: a folder, a weight file still to
+    convert, a zip that is not an .npz, a file cut short.
+    """
     path = os.fspath(path)
-    if os.path.isfile(path) and not zipfile.is_zipfile(path) and not path.endswith(".npy"):
-        raise ValueError(f"{path!r} is not an .npz file (an .npz is a zip archive of named arrays, as net.save and "
-                         "python -m minifcn.train write them); convert weight files first with python -m minifcn.convert")
+    _check_npz(path)
     try:
-        f = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path!r} is not a readable .npz ({e}); convert weight files first with "
-                         "python -m minifcn.convert") from e
-    if not isinstance(f, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path!r} holds a single array, not an .npz of named parameters")
-    with f:
-        params = {k: f[k] for k in f.files}
+        with np.load(path, allow_pickle=False) as f:
+            params = {k: f[k] for k in f.files}       # members are read here: a damaged one fails now
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            raise ValueError(f"{path!r} holds pickled Python objects, which minifcn does not load (unpickling can "
+                             "run code); save plain arrays") from e
+        raise ValueError(f"{_corrupt(path)} ({e})") from e
+    except (OSError, EOFError, zipfile.BadZipFile) as e:               # a bad CRC, an array cut short, ...
+        raise ValueError(f"{_corrupt(path)} ({e})") from e
     raw = params.pop(META_KEY, None)
     raw = params.pop("meta", None) if raw is None else raw
     return params, ({} if raw is None else json.loads(str(raw)))
+
+
+def _corrupt(path):
+    """The message for an .npz cut short or damaged: most often a copy or download that did not finish."""
+    return f"{path!r} is truncated or corrupt (an interrupted copy?): copy or download it again"
+
+
+def _check_npz(path):
+    """Raise the error that says what `path` is when it is not an .npz: a folder, a missing file, a single .npy
+    array, a weight file of another format, a zip of something else, or an .npz cut short."""
+    if os.path.isdir(path):
+        inside = [p for p in (os.path.join(path, n) for n in ("checkpoint.npz", "best.npz")) if os.path.isfile(p)]
+        raise IsADirectoryError(f"{path!r} is a folder, not a weight file; "
+                                + (f"did you mean {inside[0]}?" if inside else "give the .npz file itself"))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weight file {path!r} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    convert = f"python -m minifcn.convert {path} {os.path.splitext(path)[0]}.npz"
+    if not head:
+        raise ValueError(f"{_corrupt(path)} (it is empty)")
+    if head.startswith(b"\x93NUMPY"):
+        raise ValueError(f"{path!r} holds a single array (.npy), not an .npz of named parameters")
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        raise ValueError(f"{path} is an HDF5 (Keras) file; convert it first: {convert}")
+    if head[:1] == b"\x80":
+        raise ValueError(f"{path} is a PyTorch file (a pickle); convert it first: {convert}")
+    if not head.startswith(b"PK"):
+        raise ValueError(f"{path!r} is not an .npz file (an .npz is a zip archive of named arrays, as net.save and "
+                         "python -m minifcn.train write them); for a .caffemodel, .pth or .h5, convert it first: "
+                         + convert)
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError) as e:      # a zip without its end (the table of contents): cut short
+        raise ValueError(_corrupt(path)) from e
+    if any(n.endswith("data.pkl") for n in names):
+        raise ValueError(f"{path} is a PyTorch file; convert it first: {convert}")
+    other = [n for n in names if not n.endswith(".npy")]
+    if other or not names:
+        raise ValueError(f"{path!r} is a zip archive but not an .npz: "
+                         + (f"{other[:3]} are not .npy arrays" if other else "it is empty"))
