@@ -218,3 +218,13 @@ def test_unpacked_once_and_again_only_when_the_folder_is_gone(server, tmp_path, 
     where.rmdir()
     assert fetch("voc2012", tmp_path, url=server.url, md5=MD5, progress=False) == where
     assert (where / "ImageSets" / "Segmentation" / "val.txt").is_file() and server.ranges == [None]
+
+
+def test_a_checksum_mismatch_is_one_line_that_names_the_md5_option(server, tmp_path, capsys, monkeypatch):
+    """ChecksumError is bad data, for the user: one 'error:' line (status 2), not a traceback."""
+    from minifcn import cli
+    monkeypatch.delenv("MINIFCN_TRACEBACK", raising=False)
+    argv = ["voc2012", "--root", str(tmp_path), "--url", server.url, "--md5", "0" * 32]
+    assert cli.run(lambda: main(argv), "python -m minifcn.data.download") == 2
+    err = capsys.readouterr().err
+    assert "error: " in err and "md5 is" in err and "give its own md5 with --md5" in err and "Traceback" not in err

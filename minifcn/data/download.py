@@ -32,8 +32,8 @@ ARCHIVES = {
 }
 
 
-class ChecksumError(RuntimeError):
-    """A downloaded file does not match its published checksum."""
+class ChecksumError(ValueError):
+    """A downloaded file does not match its published checksum (bad data, told to the user in one line by cli.run)."""
 
 
 def _human(n):
@@ -87,7 +87,8 @@ def _verify(path, md5, sha256):
             os.remove(path)
             raise ChecksumError(f"{path}: {algorithm} is {got}, expected {expected}; the file was corrupt or "
                                 "is not the published archive, so it was deleted. Run the command again to "
-                                "download it afresh, or check the --url.")
+                                "download it afresh; from a mirror (--url) whose archive differs from the official "
+                                "one, give its own md5 with --md5.")
 
 
 def download(url, dest, md5=None, sha256=None, progress=True, timeout=60, chunk_size=1 << 16):
