@@ -98,7 +98,9 @@ def _from_the_run(args, run):
         args.dataset = val_dataset or "shapes"
         if args.split is None and val_dataset:
             args.split = run.get("val_split")
-    if args.data_root is None and args.dataset in (val_dataset, run.get("dataset")):
+    if args.data_root is None and args.dataset == val_dataset:
+        args.data_root = run.get("val_data_root") or run.get("data_root")       # train --val-data-root, if given
+    elif args.data_root is None and args.dataset == run.get("dataset"):
         args.data_root = run.get("data_root")
     args.split = args.split or "val"
 

@@ -664,3 +664,5 @@ def test_the_validation_set_can_live_under_its_own_root(tmp_path, capsys):
                      "--val-data-root", str(tmp_path / "theirs")) == 0
     assert "validation: folder-val, 2)" in capsys.readouterr().err     # theirs (2 val images), not mine (3)
     assert train.saved_args(tmp_path / "run" / "checkpoint.npz")["val_data_root"] == str(tmp_path / "theirs")
+    assert evaluate.main([str(tmp_path / "run" / "checkpoint.npz")]) == 0  # the run's validation set: theirs
+    assert "on folder val: 2 images" in capsys.readouterr().out
