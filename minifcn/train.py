@@ -144,8 +144,6 @@ def parse_args(argv=None):
     elif holds_run(args.out) and not args.resume and not args.overwrite:
         p.error(f"--out {args.out} holds a run already ({', '.join(holds_run(args.out))}); continue it with --resume "
                 f"{os.path.join(args.out, 'checkpoint.npz')}, pick another --out, or pass --overwrite to replace it")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        p.error(f"--out {args.out} is a file, not a folder: pick another --out")
     if args.num_classes is not None and not 2 <= args.num_classes <= 255:
         p.error(f"--num-classes must be 2..255 (a mask holds one byte per pixel and 255 means 'ignore'), "
                 f"got {args.num_classes}")
@@ -368,13 +366,7 @@ def load_checkpoint(path, device):
 def main(argv=None):
     t_start = time.monotonic()
     args = parse_args(argv)
-    try:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, ".write-test"), "w"):   # fail now, not at the first checkpoint
-            pass
-        os.remove(os.path.join(args.out, ".write-test"))
-    except OSError as e:
-        raise OSError(f"--out {args.out}: cannot write there ({e.strerror}); pick another --out") from e
+    cli.check_output_folder(args.out, "--out")                  # fail now, not at the first checkpoint
     xp = get_xp(args.device)
     # shapes: keep the drawn scenes when they fit in SHAPES_CACHE_BYTES (at 160 x 160 the train split takes 205 MB)
     cache = 4 * args.image_size ** 2 * DEFAULT_COUNTS["train"] <= SHAPES_CACHE_BYTES
@@ -640,15 +632,13 @@ def _refit(budget, t_start, t_timed, it, wanted, total, val):
 
 def _copy_log(source, log_path, it):
     """A resumed run's log: the lines of `source` (the log beside the checkpoint) up to iteration `it`, the ones
-    written after that checkpoint dropped. Written to a temporary file first, so a crash keeps the old log."""
+    written after that checkpoint dropped. Written whole or not at all (cli.atomic_write)."""
     keep = []
     if os.path.exists(source):
         with open(source) as f:
             keep = [line for line in f if line.strip() and json.loads(line)["iter"] <= it]
-    tmp = log_path + ".tmp"
-    with open(tmp, "w") as f:
+    with cli.atomic_write(log_path, "w") as f:
         f.writelines(keep)
-    os.replace(tmp, log_path)
 
 
 def _same_file(a, b):

@@ -666,3 +666,10 @@ def test_the_validation_set_can_live_under_its_own_root(tmp_path, capsys):
     assert train.saved_args(tmp_path / "run" / "checkpoint.npz")["val_data_root"] == str(tmp_path / "theirs")
     assert evaluate.main([str(tmp_path / "run" / "checkpoint.npz")]) == 0  # the run's validation set: theirs
     assert "on folder val: 2 images" in capsys.readouterr().out
+
+
+def test_an_out_that_is_a_file_is_refused_before_any_work(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(NotADirectoryError, match="--out .*notes.txt is a file, not a folder"):
+        run_train(tmp_path / "notes.txt", "--iters", "1")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
