@@ -189,8 +189,8 @@ def parse_args(argv=None):
 
 
 _UNSET = object()
-NOT_RESTORED = ("resume", "out", "time_budget", "overwrite")
-NET_OPTIONS = ("backbone", "width", "dropout", "learnable_upsampling")   # the net a checkpoint holds: fixed on resume    # a resumed run keeps the first run's length, not its budget
+NOT_RESTORED = ("resume", "out", "time_budget", "overwrite")    # a resumed run keeps the first run's length, not its budget
+NET_OPTIONS = ("backbone", "width", "dropout", "learnable_upsampling")   # the net a checkpoint holds: fixed on resume
 # options whose default is worked out from others: a resumed run takes the saved value only if none of those is given
 DERIVED = {"optimizer": ("loss",), "lr": ("loss", "optimizer"), "warmup": ("loss", "optimizer"), "momentum": ("loss",),
            "dropout": ("backbone",), "workers": ("device", "backbone", "batch_size")}
