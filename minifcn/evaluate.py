@@ -105,11 +105,6 @@ def _from_the_run(args, run):
     args.split = args.split or "val"
 
 
-def _trained_image_size(path, default=DEFAULT_IMAGE_SIZE):
-    """The --image-size a training checkpoint was made with (its '__train__' entry), else `default`."""
-    return saved_args(path).get("image_size") or default           # (lesson 8 uses it)
-
-
 def _has_class_list(root):
     return (default_root() if root is None else Path(root)).joinpath("classes.txt").is_file()
 

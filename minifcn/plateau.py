@@ -28,8 +28,9 @@ of the plan (pool3, the first map an FCN head reads) the map is whole again.
 
 The gather's backward adds the gradient of every copy to the row it copied: the net computes the same
 function of the weights, so backprop through the smaller maps gives the same gradients (summed in
-another order, so equal to float rounding). VGG16 at 160 x 160 does 39% of conv1_1..conv3_3's full
-work, at 500 x 500 66% (benchmarks/RESULTS.md). minifcn.fast.PLATEAU switches it off.
+another order, so equal to float rounding). VGG16 at 160 x 160 does 41% of conv1_1..conv3_3's full
+multiply-adds, at 500 x 500 66% (the tiny net's channels: 39% and 64%; lesson 6 counts them from the plan).
+minifcn.fast.PLATEAU switches it off.
 """
 import bisect
 from dataclasses import dataclass

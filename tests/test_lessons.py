@@ -40,7 +40,7 @@ def run_notebook(path, tmp_path, monkeypatch, pythonpath=()):
     nbclient = pytest.importorskip("nbclient")
     monkeypatch.setenv("MINIFCN_FAST", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    monkeypatch.setenv("TMPDIR", str(tmp_path))        # the lessons' tempfile.mkdtemp folders go with tmp_path
+    monkeypatch.setenv("TMPDIR", str(tmp_path))        # anything a lesson puts in a temporary folder goes with tmp_path
     paths = [*pythonpath, str(path.parents[1]), os.environ.get("PYTHONPATH", "")]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
     nb = nbformat.read(path, as_version=4)
