@@ -108,7 +108,8 @@ def check_inputs(op, **arrays):
     for k, v in named.items():
         if not hasattr(v, "dtype") or v.dtype.kind != "f":
             raise TypeError(f"{op}: {k} must be a floating-point array, got "
-                            f"{getattr(v, 'dtype', type(v).__name__)}; convert with np.asarray({k}, np.float32)")
+                            f"{getattr(v, 'dtype', type(v).__name__)}; convert with {k}.astype(np.float32) (a list: "
+                            f"np.asarray({k}, np.float32))")
     dtypes = {k: v.dtype for k, v in named.items()}
     if len(set(dtypes.values())) > 1:
         (k0, d0), *rest = dtypes.items()

@@ -69,8 +69,9 @@ def gradcheck(forward, backward, inputs, h=1e-5, num_samples=None, seed=0, atol=
     forward(**inputs, **kwargs) -> (out, cache); backward(dout, cache) -> the gradient of every
     entry of `inputs`, in the same order (a tuple, or one array for a single input). Entries of
     `inputs` that are None are passed through and not checked; kwargs are passed as they are (use
-    them for strides, labels, seeds...). num_samples: check that many random entries per input
-    instead of all of them. Returns a GradcheckResult.
+    them for strides, labels...; h, num_samples, seed and atol are gradcheck's own and never reach
+    forward). num_samples: check that many random entries per input instead of all of them. Returns
+    a GradcheckResult.
     """
     rng = np.random.default_rng(seed)
     inputs = {k: (None if v is None else xp_of(v).asarray(v, dtype=np.float64).copy()) for k, v in inputs.items()}
@@ -149,7 +150,8 @@ def main(argv=None):
     import argparse
     p = argparse.ArgumentParser(prog="python -m minifcn.gradcheck",
                                 description="Check every op's backward against central differences (float64, random "
-                                            "upstream gradients); exit status 1 if one disagrees by more than 1e-6.")
+                                            "upstream gradients); exit status 1 if one disagrees by more than 1e-6 or is "
+                                            "not written yet.")
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="where the ops run (gpu: their CuPy path)")
     args = p.parse_args(argv)
     results = check_all_ops(unwritten_ok=True, device=args.device)

@@ -117,14 +117,15 @@ class ConvTranspose2d(Conv2d):
 
     init="bilinear" puts the bilinear kernel on the channel diagonal (C_in must equal C_out); as in
     the reference the weight is then fixed (frozen) unless learnable=True, and a frozen weight gets
-    no gradient on the fast path (net.grads has no entry for it).
+    no gradient on the fast path (net.grads has no entry for it). Any other init learns unless
+    learnable=False.
     """
 
     op_forward = staticmethod(ops.conv_transpose2d_forward)
     op_backward = staticmethod(ops.conv_transpose2d_backward)
 
     def __init__(self, name, in_channels, out_channels, kernel, stride=1, pad=0, init="bilinear", bias=False,
-                 learnable=False, rng=None, dtype=np.float32):
+                 learnable=None, rng=None, dtype=np.float32):
         Layer.__init__(self, name)
         self.stride, self.pad = stride, pad
         (KH, KW), (sh, sw) = pair(kernel, f"{name}: kernel"), pair(stride, f"{name}: stride")
@@ -139,7 +140,7 @@ class ConvTranspose2d(Conv2d):
         self.params[f"{name}.W"] = W
         if bias:
             self.params[f"{name}.b"] = np.zeros(out_channels, dtype)
-        if not learnable:
+        if not (init != "bilinear" if learnable is None else learnable):     # default: frozen if bilinear
             self.frozen = set(self.params)
 
     def forward(self, x, train=False, window=None):

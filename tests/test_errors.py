@@ -66,6 +66,18 @@ def test_float64_mixed_with_float32():
         conv2d_forward(np.zeros((1, 3, 8, 8), np.int64), np.zeros((2, 3, 3, 3), np.int64))
 
 
+def test_an_image_given_to_a_net_as_it_is_says_how_to_preprocess_it():
+    from minifcn import models
+    net = models.build("fcn32s", num_classes=3, backbone="vgg16-tiny")
+    image = np.zeros((20, 20, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"preprocess\(image, net.preprocessing\)\[None\]"):
+        net.forward(image)
+    with pytest.raises(TypeError, match=r"x is uint8: .*preprocess\(images, net.preprocessing\)"):
+        net.forward(image.transpose(2, 0, 1)[None])             # channels first, but still raw pixels
+    with pytest.raises(TypeError, match=r"x.astype\(np.float32\)"):
+        net.forward(np.zeros((1, 3, 20, 20)))                   # float64 against float32 weights
+
+
 def test_numpy_mixed_with_cupy_is_a_type_error():
     x = np.zeros((1, 3, 8, 8), f32)
     W = fake_cupy.asarray(np.zeros((2, 3, 3, 3), f32))

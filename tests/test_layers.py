@@ -40,6 +40,8 @@ def test_score_and_upsampling_layers_start_as_in_the_reference():
     np.testing.assert_array_equal(up.W, bilinear_weight(21, 4))
     assert list(up.params) == ["upscore2.W"] and up.frozen == {"upscore2.W"}     # no bias, fixed
     assert ConvTranspose2d("up", 3, 3, 4, 2, learnable=True).frozen == set()
+    assert ConvTranspose2d("up", 3, 2, 4, 2, init="he", rng=np.random.default_rng(0)).frozen == set()   # learns
+    assert ConvTranspose2d("up", 3, 2, 4, 2, init="he", learnable=False).frozen == {"up.W"}
     with pytest.raises(ValueError, match=r"bilinear init needs in_channels == out_channels"):
         ConvTranspose2d("up", 3, 2, 4, 2)
 

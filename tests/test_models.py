@@ -213,7 +213,7 @@ def test_to_device(xp):
 
 def test_input_errors_say_what_to_do():
     net = tiny("fcn32s")
-    with pytest.raises(ValueError, match=r"\(N, 3, H, W\).*transpose"):
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\).*preprocess"):
         net.forward(np.zeros((8, 8, 3), np.float32))
     with pytest.raises(TypeError, match="astype"):
         net.forward(np.zeros((1, 3, 8, 8), np.float64))

@@ -90,11 +90,15 @@ class FCN:
         W = self.params["conv1_1.W"]
         if getattr(x, "ndim", None) != 4 or x.shape[1] != 3 or min(x.shape) < 1:
             raise ValueError(f"{self.arch}: x must have shape (N, 3, H, W) with N, H, W >= 1, got "
-                             f"{getattr(x, 'shape', type(x).__name__)}; an image (H, W, 3) becomes "
-                             "image.transpose(2, 0, 1)[None]")
+                             f"{getattr(x, 'shape', type(x).__name__)}; an image (H, W, 3) uint8 becomes "
+                             "minifcn.data.preprocess(image, net.preprocessing)[None] (channels first, scaled and "
+                             "mean-subtracted as the weights expect)")
         if device_of(x) != device_of(W):
             raise TypeError(f"{self.arch}: x is on {device_of(x)} but the net is on {device_of(W)}; use "
                             f"net.to('{device_of(x)}') or minifcn.backend.to_device(x, '{device_of(W)}')")
+        if x.dtype != W.dtype and x.dtype.kind in "biu":               # pixels, not yet preprocessed
+            raise TypeError(f"{self.arch}: x is {x.dtype}: an image's pixels need the preprocessing the weights "
+                            "expect first: minifcn.data.preprocess(images, net.preprocessing) gives float32")
         if x.dtype != W.dtype:
             raise TypeError(f"{self.arch}: x is {x.dtype} but the parameters are {W.dtype}; use "
                             f"x.astype(np.{W.dtype}) (or net.astype(np.float64) for a gradient check)")
@@ -115,8 +119,9 @@ class FCN:
 
     @property
     def input_grad(self):
-        """Whether backward returns dx for the image (True) or None (False: training needs none, and
-        conv1_1's gradient over its 100-pixel padding is a tenth of a small net's step)."""
+        """Whether backward returns dx for the image (True) or None (False: training needs none). On the fast
+        path False also skips computing it (conv1_1's gradient over its 100-pixel padding is a tenth of a small
+        net's step); the plain ops compute it and drop it."""
         return self.body.input_grad
 
     @input_grad.setter

@@ -48,7 +48,11 @@ def add_forward(a, b):
 
 
 def add_backward(dout, cache=None):
-    """A sum passes its gradient unchanged to both branches: (da, db) = (dout, dout)."""
+    """A sum passes its gradient unchanged to both branches: (da, db) = (dout, dout).
+
+    Both are the same array, not copies: a backward that changes one in place (ReLU's does) changes the
+    other, so each branch's backward must be done with it, or copy it, before the next writes into it.
+    """
     return dout, dout
 
 
