@@ -500,7 +500,11 @@ def main(argv=None):
         if workers is not None:
             workers.close()
     progress.newline()
-    print(f"done: {total} iterations; best val mean IU {state['best_mean_iu']:.4f}; checkpoint {ckpt_path}",
+    best_path = os.path.join(args.out, "best.npz")
+    best_path = best_path if os.path.exists(best_path) else ckpt_path     # (a resumed run that has not improved)
+    print(f"done: {total} iterations; best val mean IU {state['best_mean_iu']:.4f}; checkpoint {ckpt_path}\n"
+          f"next: python -m minifcn.evaluate {best_path} --save-vis {os.path.join(args.out, 'vis')}   (metrics, "
+          f"pictures)\n      python -m minifcn.predict {best_path} IMAGE... --out {os.path.join(args.out, 'pred')}",
           file=sys.stderr)
     return 0
 

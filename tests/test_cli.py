@@ -35,8 +35,9 @@ def interrupt_in_iteration(n, monkeypatch):
     monkeypatch.setattr(train, "softmax_cross_entropy", interrupted_loss)
 
 
-def test_train_writes_log_curves_and_checkpoints(tmp_path):
+def test_train_writes_log_curves_and_checkpoints(tmp_path, capsys):
     assert run_train(tmp_path, "--iters", "4", "--val-every", "2", "--checkpoint-every", "2") == 0
+    assert f"next: python -m minifcn.evaluate {tmp_path / 'best.npz'} --save-vis" in capsys.readouterr().err
     records = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
     assert [r["iter"] for r in records if "loss" in r] == [1, 2, 3, 4]
     assert [r["iter"] for r in records if "mean_iu" in r] == [2, 4]
