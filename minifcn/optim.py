@@ -8,11 +8,16 @@ For each parameter w with gradient g, learning-rate multiplier m_lr and decay mu
 
 The reference nets give biases twice the learning rate and no weight decay (lr_mult 2,
 decay_mult 0), weights (1, 1); frozen parameters (the fixed bilinear upsampling) are never touched.
-The updates happen in place, so the arrays inside the net change.
+The updates happen in place, so the arrays inside the net change. Every FLUSH_EVERY steps the weights
+and the optimiser's state are flushed of subnormal numbers (backend.flush_subnormals: on a CPU they make
+every step slower, and they are zero in all but name); every step would cost the tiny net 4% of its step.
 """
 import numpy as np
 
-from .backend import to_device, to_numpy
+from .backend import flush_subnormals, to_device, to_numpy
+
+
+FLUSH_EVERY = 10
 
 
 def decayed_gradient(opt, key, grads):
@@ -41,10 +46,12 @@ class SGD:
         self.frozen = set(frozen)
         self.multipliers = {k: multipliers(k) for k in params}
         self.velocity = {k: None for k in params if k not in self.frozen}
+        self.t = 0                                              # steps taken (when to flush subnormals)
 
     def step(self, grads, lr=None):
         """One update from `grads` (dict key -> array, same keys as params; frozen keys may be absent)."""
         lr = self.lr if lr is None else lr
+        self.t += 1
         for key, v in self.velocity.items():
             w, g, lr_mult = decayed_gradient(self, key, grads)
             if v is None:                                       # v starts at 0
@@ -53,12 +60,17 @@ class SGD:
                 v *= self.momentum
                 v += g * (lr * lr_mult)
             w -= v
+            if self.t % FLUSH_EVERY == 0:
+                flush_subnormals(w)
+                flush_subnormals(v)
 
     def state_dict(self):
-        """Velocities as NumPy arrays (keys 'velocity/<param key>'), for checkpoints."""
-        return {f"velocity/{k}": to_numpy(v) for k, v in self.velocity.items() if v is not None}
+        """Velocities as NumPy arrays (keys 'velocity/<param key>') and the step count 'sgd_t', for checkpoints."""
+        return {"sgd_t": np.array(self.t), **{f"velocity/{k}": to_numpy(v) for k, v in self.velocity.items()
+                                               if v is not None}}
 
     def load_state_dict(self, state, device="cpu"):
+        self.t = int(np.asarray(state.get("sgd_t", 0)))
         for k in self.velocity:
             if f"velocity/{k}" in state:
                 self.velocity[k] = to_device(np.asarray(state[f"velocity/{k}"]), device)
@@ -98,6 +110,9 @@ class Adam:
             s = (1 - self.beta2) * g * g if s is None else self.beta2 * s + (1 - self.beta2) * g * g
             self.m[key], self.s[key] = m, s
             w -= (lr * lr_mult) * (m / c1) / ((s / c2) ** 0.5 + self.eps)
+            if self.t % FLUSH_EVERY == 0:
+                for a in (w, m, s):
+                    flush_subnormals(a)
 
     def state_dict(self):
         """Moments as NumPy arrays (keys 'adam_m/<key>', 'adam_s/<key>') and the step count 'adam_t'."""

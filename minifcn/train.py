@@ -359,7 +359,7 @@ def load_checkpoint(path, device):
             raise ValueError(f"{path!r} is a model file, not a training checkpoint (it has no '__train__' "
                              "entry); start a new run from it with --init instead of --resume")
         state = json.loads(str(f["__train__"]))
-        velocities = {k: f[k] for k in f.files if k.startswith(("velocity/", "adam_"))}   # optimiser state
+        velocities = {k: f[k] for k in f.files if k.startswith(("velocity/", "sgd_", "adam_"))}   # optimiser state
     return net, state, velocities
 
 

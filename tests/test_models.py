@@ -422,3 +422,11 @@ def test_strict_loading_refuses_keys_the_net_does_not_have():
     with pytest.raises(ValueError, match=r"(?s)not in the net\s+score_pool4\.W"):
         tiny32().load_weights(arrays, strict=True)
     assert not tiny32().load_weights(arrays).ok                           # surgery copies the rest and says so
+
+
+def test_loading_flushes_subnormal_weights(tmp_path):
+    """Files saved before the optimisers flushed subnormals can hold many; they would slow every step on a CPU."""
+    net = tiny("fcn32s")
+    net.params["fc6.W"].flat[:3] = [np.finfo(np.float32).tiny / 16, 0.25, -1e-40]
+    back = load(net.save(tmp_path / "n.npz"))
+    np.testing.assert_array_equal(back.params["fc6.W"].flat[:3], [0.0, 0.25, 0.0])

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from minifcn.optim import SGD, Adam, learning_rate
+from minifcn.optim import FLUSH_EVERY, SGD, Adam, learning_rate
 
 
 def test_two_steps_by_hand():
@@ -103,3 +103,37 @@ def test_adam_adds_eps_to_the_square_root_not_under_it():
     opt.step({"a.W": np.array([0.2])})
     # step 1: m_hat = g, sqrt(s_hat) = |g|; w -= lr * g / (|g| + eps)
     np.testing.assert_allclose(params["a.W"], [1.0 - 0.1 * 0.2 / (0.2 + 0.1)])
+
+
+def test_flush_subnormals_zeroes_only_the_subnormal_entries():
+    from minifcn.backend import flush_subnormals
+    for dtype in (np.float32, np.float64):
+        tiny = np.finfo(dtype).tiny
+        a = np.array([1.0, -2.5, tiny, -tiny, tiny / 4, -tiny / 1000, 0.0, np.nan, np.inf], dtype)
+        want = a.copy()
+        want[4:6] = 0                                           # the two subnormals, of either sign
+        np.testing.assert_array_equal(flush_subnormals(a.copy()), want)
+        big = np.tile(a, 50).reshape(10, 45)                    # in chunks of 7 entries, and not contiguous
+        np.testing.assert_array_equal(flush_subnormals(big.copy(), chunk=7), np.tile(want, 50).reshape(10, 45))
+        strided = big.copy()[:, ::2]
+        np.testing.assert_array_equal(flush_subnormals(strided, chunk=7), np.tile(want, 50).reshape(10, 45)[:, ::2])
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_the_optimisers_leave_no_subnormal_weight_or_state(name):
+    """Weight decay drives unused weights through the subnormal range, where a CPU computes many times slower:
+    every FLUSH_EVERY steps the optimisers set such numbers to zero."""
+    tiny = np.finfo(np.float32).tiny
+    w = np.array([tiny / 8, 1.0, -tiny / 3, 0.5], np.float32)
+    params = {"fc6.W": w}
+    opt = (SGD(params, lr=0.0, momentum=0.9, weight_decay=0.0) if name == "sgd" else
+           Adam(params, lr=0.0, weight_decay=0.0))                # lr 0: only the flush changes w
+    g = np.array([tiny / 2, 1.0, 0.0, 0.0], np.float32)        # a subnormal gradient too: the state would keep it
+    for _ in range(FLUSH_EVERY - 1):
+        opt.step({"fc6.W": g})
+    assert w[0] != 0                                            # not yet
+    opt.step({"fc6.W": g})
+    state = [a for k, a in opt.state_dict().items() if k != "adam_t"]
+    for a in [w, *state]:
+        assert not np.any((a != 0) & (np.abs(a) < tiny)), a
+    assert w[0] == 0 and w[2] == 0 and w[1] != 0

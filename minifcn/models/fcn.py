@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import geometry, ops
-from ..backend import device_of, to_device, to_numpy
+from ..backend import device_of, flush_subnormals, to_device, to_numpy
 from ..geometry import spec_of
 from ..layers import Conv2d, ConvTranspose2d, Scale
 from ..weights import load_npz, save_npz
@@ -225,8 +225,9 @@ class FCN:
         if not report.loaded:
             raise ValueError(f"{where}: no parameter matches {self.arch} (backbone {self.backbone}, width "
                              f"{self.width:g}) in name and shape; is it a weight file for this net?\n{report}")
-        for k in report.loaded:
-            self.params[k] = to_device(arrays[k], self.device).astype(self.params[k].dtype, copy=True)
+        for k in report.loaded:                  # (a file saved before the optimisers flushed subnormals may hold them)
+            array = to_device(arrays[k], self.device).astype(self.params[k].dtype, copy=True)
+            self.params[k] = flush_subnormals(array)
         if meta.get("preprocessing"):
             self.preprocessing = dict(meta["preprocessing"])
         return report
