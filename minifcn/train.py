@@ -43,6 +43,7 @@ from . import cli, models, parallel
 from .backend import get_xp, to_numpy
 from .data import get_dataset
 from .data.shapes import DEFAULT_COUNTS
+from .data.voc import MAX_CLASSES
 from .data.transforms import TORCHVISION_VGG, batches, batches_per_epoch
 from .layers import Dropout, ReLU
 from .metrics import confusion, format_table, scores
@@ -144,8 +145,8 @@ def parse_args(argv=None):
     elif holds_run(args.out) and not args.resume and not args.overwrite:
         p.error(f"--out {args.out} holds a run already ({', '.join(holds_run(args.out))}); continue it with --resume "
                 f"{os.path.join(args.out, 'checkpoint.npz')}, pick another --out, or pass --overwrite to replace it")
-    if args.num_classes is not None and not 2 <= args.num_classes <= 255:
-        p.error(f"--num-classes must be 2..255 (a mask holds one byte per pixel and 255 means 'ignore'), "
+    if args.num_classes is not None and not 2 <= args.num_classes <= MAX_CLASSES:
+        p.error(f"--num-classes must be 2..{MAX_CLASSES} (a mask holds one byte per pixel and 255 means 'ignore'), "
                 f"got {args.num_classes}")
     for flag in ("iters", "batch_size", "crop_size", "val_every", "val_images", "checkpoint_every", "log_every",
                  "lr_step"):
