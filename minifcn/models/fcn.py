@@ -220,8 +220,8 @@ class FCN:
                              f"(backbone {self.backbone}, width {self.width:g}).{held}\n{report.problems()}\n"
                              "Rebuild the file's own net with minifcn.models.load(path), or copy only what "
                              "matches (net surgery) with net.load_weights(path, strict=False).")
-        if not report.loaded and _wrong_body(report, self.backbone, self.width):
-            raise ValueError(_wrong_body(report, self.backbone, self.width))
+        if not report.loaded and (wrong := _wrong_body(report, self.backbone, self.width)):
+            raise ValueError(wrong)
         if not report.loaded:
             raise ValueError(f"{where}: no parameter matches {self.arch} (backbone {self.backbone}, width "
                              f"{self.width:g}) in name and shape; is it a weight file for this net?\n{report}")
@@ -487,8 +487,8 @@ def build(name, num_classes=21, backbone="vgg16", width=1.0, dropout=0.5, learna
     if init is not None:
         report = net.load_weights(init, strict=False)
         bad = [k for k in report.missing + list(report.mismatched) if k.split(".")[0] in TRUNK]
-        if bad and _wrong_body(report, backbone, width):
-            raise ValueError(f"init {_wrong_body(report, backbone, width)}")
+        if bad and (wrong := _wrong_body(report, backbone, width)):
+            raise ValueError(f"init {wrong}")
         if bad:
             raise ValueError(f"init {report.source}: the VGG16 body of {name} (backbone {backbone}, width "
                              f"{width:g}) is not all there: {bad} missing or of another shape.\n"
