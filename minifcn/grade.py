@@ -42,7 +42,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import models as ref_models, ops as ref_ops
+from . import cli, models as ref_models, ops as ref_ops
 from .assignments import ASSIGNMENTS, OPTIONAL, PACKAGE
 from .backend import to_numpy
 from .gradcheck import gradcheck
@@ -737,6 +737,12 @@ def main(argv=None):
               "from another folder (the reference's repository, or wherever the reference minifcn is installed); "
               "to grade the reference, give no PATH.", file=sys.stderr)
         return 2
+    if args.json:
+        try:                                                     # before grading, not after minutes of it
+            cli.check_output_file(args.json, "--json")
+        except OSError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     start = time.time()
     try:
         package, note = find_package(args.path if args.path else PACKAGE), ""
@@ -752,7 +758,8 @@ def main(argv=None):
     if args.json:
         results = {"score": sum(r["score"] for r in rows), "execution_time": round(time.time() - start, 1),
                    "output": note or f"Total {total(rows)}", "tests": rows}
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        with cli.atomic_write(args.json, "w") as f:             # a full disk leaves no half-written JSON
+            f.write(json.dumps(results, indent=1))
         print(f"results written to {args.json}")
     return 0
 

@@ -283,3 +283,10 @@ def test_grading_from_inside_the_submission_is_refused(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "inside the folder being graded" in proc.stderr
     assert "Run the grader from another folder" in proc.stderr
+
+
+def test_an_unwritable_json_path_is_refused_before_grading(tmp_path, capsys):
+    # minutes of grading must not end in a traceback at the last line: the path is checked first
+    assert grade.main(["--only", "A1", "--json", str(tmp_path / "missing" / "results.json")]) == 2
+    err = capsys.readouterr().err
+    assert "--json" in err and "does not exist" in err and "Total" not in capsys.readouterr().out
