@@ -3,7 +3,8 @@
     python -m minifcn.convert SRC DST.npz [--format auto|torchvision|caffe|keras]
 
 SRC: torchvision's vgg16-397923af.pth or vgg16_bn-6c64b313.pth (BatchNorm folded into the convolutions;
-or any torch.save'd VGG16 state dict), Caffe's
+or any torch.save'd VGG16 state dict, alone or in a training checkpoint, keys
+prefixed by nn.DataParallel's 'module.' or not), Caffe's
 VGG_ILSVRC_16_layers.caffemodel / vgg16-fcn.caffemodel / fcn{32,16,8}s-*.caffemodel, or Keras'
 vgg16_weights_tf_dim_ordering_tf_kernels.h5 (needs h5py). The format is told from the file's first
 bytes unless --format says it. DST gets the weights (fc6 / fc7 as convolutions) and the preprocessing

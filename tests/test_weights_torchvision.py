@@ -319,9 +319,12 @@ def test_missing_unknown_and_misshapen_keys_are_named(tmp_path):
 
 
 def test_not_a_state_dict(tmp_path):
-    torch.save({"epoch": 3, "model": {"w": torch.zeros(2)}}, tmp_path / "ckpt.pth")
+    torch.save({"epoch": 3, "model": {"w": torch.zeros(2), "n": 4}}, tmp_path / "ckpt.pth")
     with pytest.raises(ValueError, match=r"ckpt\.pth.*expected a state dict.*'epoch'"):
         read_state_dict(tmp_path / "ckpt.pth")
+    torch.save({"model": {"w": torch.zeros(2)}, "ema": {"w": torch.ones(2)}}, tmp_path / "two.pth")
+    with pytest.raises(ValueError, match=r"two\.pth.*2 state dicts, \['model', 'ema'\].*torch\.load\(src\)\['model'\]"):
+        read_state_dict(tmp_path / "two.pth")
     (tmp_path / "x.pth").write_bytes(b"hello, not a torch file")
     with pytest.raises(ValueError, match=r"x\.pth.*not a torch\.save file"):
         read_state_dict(tmp_path / "x.pth")
@@ -329,6 +332,26 @@ def test_not_a_state_dict(tmp_path):
         tar.add(tmp_path / "x.pth", arcname="sys_info")
     with pytest.raises(ValueError, match=r"tar\.pth.*torch 0\.1's tar layout.*torch\.save\(torch\.load\(src\)"):
         read_state_dict(tmp_path / "tar.pth")
+
+
+@pytest.mark.parametrize("wrap", ["checkpoint", "DataParallel", "both", "torch.compile"])
+def test_a_state_dict_in_a_checkpoint_or_with_a_wrappers_prefix_converts(tmp_path, wrap):
+    """What training scripts save: {"epoch": .., "state_dict": .., "optimizer": ..}, and keys "module.features.0.weight"
+    from nn.DataParallel (or "_orig_mod." from torch.compile). The VGG16 inside converts as the plain file does."""
+    model = saved_vgg16(tmp_path / "plain.pth")
+    state = model.state_dict()
+    if wrap in ("DataParallel", "both"):
+        state = collections.OrderedDict(("module." + k, v) for k, v in state.items())
+    if wrap == "torch.compile":
+        state = collections.OrderedDict(("_orig_mod." + k, v) for k, v in state.items())
+    if wrap in ("checkpoint", "both"):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        model(torch.zeros(1, 3, 224, 224)).sum().backward()
+        optimizer.step()            # momentum buffers: tensors, but not a flat state dict (the weights step in place)
+        state = {"epoch": 3, "state_dict": state, "optimizer": optimizer.state_dict(), "best_acc1": 71.6}
+    torch.save(state, tmp_path / "wrapped.pth")
+    assert convert([str(tmp_path / "wrapped.pth"), str(tmp_path / "vgg16.npz")]) == 0
+    check_against_torch(model, tmp_path / "vgg16.npz")
 
 
 def test_failed_conversion_leaves_no_dst(tmp_path, capsys):

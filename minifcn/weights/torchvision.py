@@ -279,7 +279,8 @@ def _read_legacy(path, where):
 
 
 def read_state_dict(path):
-    """A torch.save'd state dict -> {name: ndarray} (dtypes as saved), without torch. See the module docstring."""
+    """A torch.save'd state dict -> {name: ndarray} (dtypes as saved), without torch. See the module docstring.
+    A training checkpoint (a dict of a state dict, an epoch, the optimizer's state, ...) gives its state dict."""
     where = repr(str(path))
     with open(path, "rb") as f:
         head = f.read(512)
@@ -292,12 +293,28 @@ def read_state_dict(path):
                          "does not read; re-save it with torch: torch.save(torch.load(src), dst)")
     else:
         raise ValueError(f"{where}: not a torch.save file (it starts with {head[:4]!r}; expected a zip or a pickle)")
-    obj = _materialize(obj, where)
-    if not isinstance(obj, dict) or not all(isinstance(v, np.ndarray) for v in obj.values()):
-        held = list(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
-        raise ValueError(f"{where}: expected a state dict (tensor names -> tensors), found {held}. "
-                         "If it is a training checkpoint, save its model.state_dict() alone.")
-    return obj
+    return _state_dict_in(_materialize(obj, where), where)
+
+
+def _is_state_dict(obj):
+    return isinstance(obj, dict) and len(obj) > 0 and all(isinstance(v, np.ndarray) for v in obj.values())
+
+
+def _state_dict_in(obj, where):
+    """The state dict in what torch.save wrote: the object itself, or the one state dict a training checkpoint
+    holds beside its other entries ({"epoch": 3, "state_dict": {...}, "optimizer": {...}}: the optimizer's
+    state is no flat dict of tensors, so it is never taken for the weights)."""
+    if _is_state_dict(obj):
+        return obj
+    inner = [k for k, v in obj.items() if _is_state_dict(v)] if isinstance(obj, dict) else []
+    if len(inner) == 1:
+        return obj[inner[0]]
+    held = list(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
+    if inner:
+        raise ValueError(f"{where}: a checkpoint with {len(inner)} state dicts, {inner[:8]}; which holds the VGG16? "
+                         f"Save that one alone with torch: torch.save(torch.load(src)[{inner[0]!r}], 'vgg16.pth')")
+    raise ValueError(f"{where}: expected a state dict (tensor names -> tensors), found {held}. "
+                     "If it is a training checkpoint, save its model.state_dict() alone.")
 
 
 # ----------------------------------------------------------------------------- torchvision's VGG16 names
@@ -352,15 +369,28 @@ def fold_batch_norm(state, names, where):
     return state
 
 
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")     # nn.DataParallel / DistributedDataParallel; torch.compile
+
+
+def strip_prefix(state):
+    """A state dict saved through a wrapper -> the wrapped model's: "module.features.0.weight" -> "features.0.weight"
+    when every key has the prefix (as torch's consume_prefix_in_state_dict_if_present does)."""
+    while (prefix := next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in state)), None)):
+        state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
 def read_vgg16(path):
     """torchvision's VGG16 (or vgg16_bn, BatchNorm folded) state dict -> minifcn VGG16 params (see
     minifcn.weights.vgg16).
 
     classifier.0.weight (4096, 25088) becomes fc6.W (4096, 512, 7, 7): torch flattens pool5 in
     (C, H, W) order, so the reshape is exact (convolutionalization, see vgg16.py).
+    The state dict may be inside a training checkpoint (read_state_dict) and its keys prefixed by a wrapper,
+    nn.DataParallel's "module." or torch.compile's "_orig_mod." (strip_prefix).
     """
     where = repr(str(path))
-    state = read_state_dict(path)
+    state = strip_prefix(read_state_dict(path))
     batch_norm = "features.1.running_var" in state           # in vgg16 features.1 is a ReLU, without state
     names = NAMES_BN if batch_norm else NAMES
     if batch_norm:
