@@ -386,6 +386,25 @@ def test_missing_unknown_and_misshapen_layers_are_named(tmp_path, rng):
                       for n, t, a in ls], r"e\.caffemodel.*fc7\.W.*\(256, 257\).*256 channels")
 
 
+def test_vgg19_and_a_vgg16_without_its_classifier_say_what_they_are(tmp_path, rng):
+    """VGG_ILSVRC_19_layers.caffemodel adds conv3_4, conv4_4, conv5_4; a VGG16 cut after conv5_3 lacks fc6 / fc7,
+    which FCN needs: each is named as such, with the file to convert instead."""
+    layers, vgg19 = vgg16_layers(rng), []
+    for name, type_, arrays in layers:
+        vgg19.append((name, type_, arrays))
+        if name in ("conv3_3", "conv4_3", "conv5_3"):                  # each followed by a fourth convolution
+            f = arrays[0].shape[0]
+            vgg19.append((name[:-1] + "4", "Convolution", [rand(rng, f, f, 3, 3), rand(rng, f)]))
+    (tmp_path / "VGG_ILSVRC_19_layers.caffemodel").write_bytes(net_bytes(vgg19))
+    with pytest.raises(ValueError, match=r"19_layers\.caffemodel.*16 convolutions \(VGG19\?\), VGG16 has 13.*"
+                                         r"VGG_ILSVRC_16_layers\.caffemodel"):
+        read_weights(tmp_path / "VGG_ILSVRC_19_layers.caffemodel")
+    (tmp_path / "conv_only.caffemodel").write_bytes(net_bytes([x for x in layers if not x[0].startswith("fc")]))
+    with pytest.raises(ValueError, match=r"conv_only\.caffemodel.*no classifier.*'fc6\.W'.*fc6 and fc7.*"
+                                         r"VGG_ILSVRC_16_layers\.caffemodel"):
+        read_weights(tmp_path / "conv_only.caffemodel")
+
+
 def test_at_once_scale_layers_other_than_the_constants_are_refused(tmp_path):
     """minifcn's FCN-8s at-once multiplies pool4 by 0.01 and pool3 by 0.0001, fixed; a caffemodel whose Scale
     blobs hold anything else computes another function, so it must not load as fcn8s-atonce."""

@@ -35,7 +35,8 @@ def write_keras_h5(path, weights, keras2=False, whole_model=False):
     names = ["input_1"] + [n for n, _ in weights]
     for block in range(5, 0, -1):                                       # the pools and flatten hold nothing
         names.insert(names.index(f"block{block}_conv{BLOCKS[block - 1][1]}") + 1, f"block{block}_pool")
-    names.insert(names.index("fc1"), "flatten")
+    if "fc1" in names:                                                  # a 'notop' file has no flatten
+        names.insert(names.index("fc1"), "flatten")
     arrays = dict(weights)
     with h5py.File(path, "w") as f:
         root = f.create_group("model_weights") if whole_model else f
@@ -126,6 +127,25 @@ def test_bad_keras_files(tmp_path, rng):
         f["x"] = np.zeros(3)
     with pytest.raises(ValueError, match=r"plain\.h5.*layer_names.*not Keras weights"):
         read_weights(tmp_path / "plain.h5")
+
+
+def test_vgg19_and_a_notop_file_say_what_they_are(tmp_path, rng):
+    """vgg19_weights_tf_dim_ordering_tf_kernels.h5 adds block3_conv4 .. block5_conv4; the _notop file has no fc1 / fc2,
+    which FCN needs as fc6 / fc7. Each is named as such, with the file to convert instead."""
+    weights, vgg19 = keras_weights(rng), []
+    for name, arrays in weights:
+        vgg19.append((name, arrays))
+        if name in ("block3_conv3", "block4_conv3", "block5_conv3"):
+            f = arrays[0].shape[-1]
+            vgg19.append((name[:-1] + "4", [np.zeros((3, 3, f, f), np.float32), np.zeros(f, np.float32)]))
+    write_keras_h5(tmp_path / "vgg19.h5", vgg19)
+    with pytest.raises(ValueError, match=r"vgg19\.h5.*16 convolutions \(VGG19\?\), VGG16 has 13.*"
+                                         r"vgg16_weights_tf_dim_ordering_tf_kernels\.h5"):
+        read_vgg16(tmp_path / "vgg19.h5")
+    write_keras_h5(tmp_path / "notop.h5", [w for w in weights if w[0].startswith("block")])
+    with pytest.raises(ValueError, match=r"notop\.h5.*no classifier.*'fc1 kernel'.*'notop' file.*"
+                                         r"vgg16_weights_tf_dim_ordering_tf_kernels\.h5"):
+        read_vgg16(tmp_path / "notop.h5")
 
 
 def test_missing_h5py_says_how_to_install(tmp_path, monkeypatch, rng):

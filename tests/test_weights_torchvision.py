@@ -31,12 +31,12 @@ FULL = {"channels": (64, 128, 256, 512, 512), "fc": 4096, "classes": 1000}
 
 class TorchVGG16(nn.Module):
     """torchvision's VGG16 layout (features.N, classifier.0/3/6) written with plain torch.nn;
-    batch_norm=True: vgg16_bn's (conv, BatchNorm2d, ReLU per convolution)."""
+    batch_norm=True: vgg16_bn's (conv, BatchNorm2d, ReLU per convolution); blocks: another depth's."""
 
-    def __init__(self, channels, fc, classes, batch_norm=False):
+    def __init__(self, channels, fc, classes, batch_norm=False, blocks=BLOCKS):
         super().__init__()
         layers, c = [], 3
-        for (block, convs), width in zip(BLOCKS, channels):
+        for (block, convs), width in zip(blocks, channels):
             for _ in range(convs):
                 bn = [nn.BatchNorm2d(width)] if batch_norm else []
                 layers += [nn.Conv2d(c, width, 3, padding=1), *bn, nn.ReLU(inplace=True)]
@@ -352,6 +352,23 @@ def test_a_state_dict_in_a_checkpoint_or_with_a_wrappers_prefix_converts(tmp_pat
     torch.save(state, tmp_path / "wrapped.pth")
     assert convert([str(tmp_path / "wrapped.pth"), str(tmp_path / "vgg16.npz")]) == 0
     check_against_torch(model, tmp_path / "vgg16.npz")
+
+
+@pytest.mark.parametrize("batch_norm", [False, True], ids=["vgg19", "vgg19_bn"])
+def test_another_vgg_depth_is_named(tmp_path, batch_norm):
+    vgg19 = ((1, 2), (2, 2), (3, 4), (4, 4), (5, 4))
+    torch.save(TorchVGG16(**TINY, batch_norm=batch_norm, blocks=vgg19).state_dict(), tmp_path / "vgg19.pth")
+    with pytest.raises(ValueError, match=r"vgg19\.pth.*16 convolutions \(VGG19\?\), VGG16 has 13.*vgg16-397923af"):
+        read_vgg16(tmp_path / "vgg19.pth")
+
+
+def test_a_features_only_or_classifier_only_file_says_what_it_lacks(tmp_path):
+    with pytest.raises(ValueError, match=r"e\.pth.*no classifier.*'classifier\.0\.weight'.*features-only.*"
+                                         r"fc6 and fc7.*vgg16-397923af\.pth"):
+        read_vgg16(edited(tmp_path, lambda sd: [sd.pop(k) for k in list(sd) if k.startswith("classifier")]))
+    with pytest.raises(ValueError, match=r"e\.pth.*no convolutions.*features\.0\.weight is the first missing.*"
+                                         r"classifier alone"):
+        read_vgg16(edited(tmp_path, lambda sd: [sd.pop(k) for k in list(sd) if k.startswith("features")]))
 
 
 def test_failed_conversion_leaves_no_dst(tmp_path, capsys):

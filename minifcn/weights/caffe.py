@@ -25,11 +25,12 @@ minifcn.ops.conv_transpose2d takes it; InnerProduct W (F, C) (legacy files: (1, 
 (legacy: (1, 1, 1, F)).
 """
 import os
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .vgg16 import LAYERS, finish
+from .vgg16 import LAYERS, check_depth, finish
 
 V1_TYPES = {1: "Accuracy", 3: "Concat", 4: "Convolution", 5: "Data", 6: "Dropout", 14: "InnerProduct",  # enum ->
             15: "LRN", 17: "Pooling", 18: "ReLU", 20: "Softmax", 21: "SoftmaxWithLoss", 22: "Split",  # the names
@@ -272,6 +273,7 @@ def read_net(path):
     """
     where = repr(str(path))
     params, types = read_params(path)
+    check_depth(sum(re.fullmatch(r"conv\d_\d+\.W", k) is not None for k in params), where)   # VGG19: conv3_4, ...
     body = {k: v for k, v in params.items() if k.split(".")[0] in LAYERS}
     head = {k: v for k, v in params.items() if k not in body}
     if not head:

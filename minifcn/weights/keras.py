@@ -19,9 +19,11 @@ builds a channels_first model. Keras 1's Theano-ordered file (vgg16_weights_th_d
 kernels (F, C, KH, KW), flipped for true convolution, fc1 in (C, H, W) order) is refused.
 The Keras VGG16 ("caffe" preprocessing) expects BGR images in 0-255 minus (103.939, 116.779, 123.68).
 """
+import re
+
 import numpy as np
 
-from .vgg16 import BLOCKS, CONVS, finish
+from .vgg16 import BLOCKS, CONVS, check_depth, finish
 
 NAMES = {f"block{b}_conv{i}": f"conv{b}_{i}" for b, n in BLOCKS for i in range(1, n + 1)}
 NAMES.update(fc1="fc6", fc2="fc7", predictions="fc8")
@@ -70,6 +72,7 @@ def read_vgg16(path):
     """Keras' VGG16 .h5 -> minifcn VGG16 params (OIHW convolutions, fc layers as convolutions)."""
     where = repr(str(path))
     layers = read_h5(path)
+    check_depth(sum(re.fullmatch(r"block\d_conv\d+", k) is not None for k in layers), where)     # VGG19: block3_conv4, ...
     unknown = [k for k in layers if k not in NAMES]
     if unknown:
         raise ValueError(f"{where}: layers that are not Keras VGG16's: {unknown[:8]} (expected "

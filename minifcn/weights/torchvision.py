@@ -28,12 +28,13 @@ import collections
 import io
 import math
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass
 
 import numpy as np
 
-from .vgg16 import BLOCKS, CONVS, finish
+from .vgg16 import BLOCKS, CONVS, check_depth, finish
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
@@ -391,6 +392,8 @@ def read_vgg16(path):
     """
     where = repr(str(path))
     state = strip_prefix(read_state_dict(path))
+    check_depth(sum(re.fullmatch(r"features\.\d+\.weight", k) is not None and v.ndim == 4 for k, v in state.items()),
+                where)
     batch_norm = "features.1.running_var" in state           # in vgg16 features.1 is a ReLU, without state
     names = NAMES_BN if batch_norm else NAMES
     if batch_norm:

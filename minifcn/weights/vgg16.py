@@ -72,7 +72,7 @@ def finish(params, where, names=None):
     required = REQUIRED + (("fc8",) if "fc8.W" in params or "fc8.b" in params else ())
     missing = [f"{k}.{p}" for k in required for p in "Wb" if f"{k}.{p}" not in params]
     if missing:
-        raise ValueError(f"{where}: not a complete VGG16: missing {[names.get(k, k) for k in missing]}")
+        raise ValueError(f"{where}: not a complete VGG16: " + _missing(missing, names))
     extra = sorted(set(params) - {f"{k}.{p}" for k in required for p in "Wb"})
     if extra:
         raise ValueError(f"{where}: keys that are not VGG16's: {[names.get(k, k) for k in extra]}")
@@ -99,6 +99,33 @@ def finish(params, where, names=None):
         out[f"{layer}.b"] = b.astype(np.float32, copy=False)
         c_in = F
     return out
+
+
+FULL_FILES = ("the full file (torchvision's vgg16-397923af.pth, Caffe's VGG_ILSVRC_16_layers.caffemodel, "
+              "Keras' vgg16_weights_tf_dim_ordering_tf_kernels.h5)")
+OTHER_DEPTHS = {8: "VGG11", 10: "VGG13", 16: "VGG19"}            # convolutions -> net
+
+
+def _missing(missing, names):
+    """What a file lacks, in words: the classifier (a features-only or 'notop' file), every convolution (a
+    classifier alone), or the keys themselves in the file's own names."""
+    layers = {k.split(".")[0] for k in missing}
+    if {"fc6", "fc7"} <= layers and not layers & set(CONVS):
+        return (f"it has no classifier ({[names.get(k, k) for k in missing]} are missing): a features-only or "
+                "'notop' file? FCN's fc6 and fc7 are VGG16's first two classifier layers made convolutions, so they "
+                f"must come from the file: convert {FULL_FILES}")
+    if set(CONVS) <= layers:
+        return (f"it has no convolutions (conv1_1 ... conv5_3; {names.get('conv1_1.W', 'conv1_1.W')} is the first "
+                f"missing): a classifier alone? Convert {FULL_FILES}")
+    return f"missing {[names.get(k, k) for k in missing]}"
+
+
+def check_depth(convs, where):
+    """Refuse a VGG of another depth by name: convs is how many 3x3 convolutions the file holds (VGG16: 13).
+    Other counts (a VGG16 with a convolution missing or one too many) are left to the readers, which name the keys."""
+    if convs in OTHER_DEPTHS:
+        raise ValueError(f"{where}: holds {convs} convolutions ({OTHER_DEPTHS[convs]}?), VGG16 has {len(CONVS)}; "
+                         f"minifcn's FCNs are built on VGG16, the paper's choice: convert a VGG16, e.g. {FULL_FILES}")
 
 
 def imagenet_forward(params, x):
