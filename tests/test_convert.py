@@ -240,3 +240,15 @@ def test_an_unknown_format_is_not_called_a_broken_caffemodel(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "nothing to convert; pass it to python -m minifcn.train --init, evaluate or predict" in err
     assert "load_npz" not in err
+
+
+def test_a_prototxt_given_for_the_weights_says_which_file_is_meant(tmp_path, capsys):
+    """Caffe's tools take the net's .prototxt and its .caffemodel; convert takes the .caffemodel alone."""
+    (tmp_path / "VGG_ILSVRC_16_layers_deploy.prototxt").write_text('name: "VGG_ILSVRC_16_layers"\ninput: "data"\n'
+                                                                   'layers {\n  name: "conv1_1"\n  type: CONVOLUTION\n}\n')
+    assert convert([str(tmp_path / "VGG_ILSVRC_16_layers_deploy.prototxt"), str(tmp_path / "x.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "format not recognised" in err and "It is text: a Caffe .prototxt" in err and "binary .caffemodel" in err
+    (tmp_path / "x.bin").write_bytes(bytes(range(256)))                                  # not text: no such hint
+    assert convert([str(tmp_path / "x.bin"), str(tmp_path / "x.npz")]) == 2
+    assert "It is text" not in capsys.readouterr().err

@@ -74,13 +74,23 @@ def read_weights(path, format="auto"):
             if format == "auto" and not path.lower().endswith(".caffemodel"):   # caffe was only the last guess
                 raise ValueError(f"{path!r}: format not recognised. convert reads torchvision .pth / .pt (a zip or a "
                                  "pickle), Caffe .caffemodel (protobuf) and Keras .h5 (HDF5) files; if this is one of "
-                                 "them under another name, say which with --format") from e
+                                 "them under another name, say which with --format" + _text_hint(path)) from e
             raise
     else:
         params, arch = (torchvision if source == "torchvision" else keras).read_vgg16(path), {"arch": "vgg16"}
     meta = {"format": FORMAT, **arch, "source": source, "source_file": os.path.basename(path),
             "preprocessing": dict(PREPROCESSING[source])}
     return params, meta
+
+
+def _text_hint(path):
+    """For a text file given as weights: most often Caffe's net definition, given instead of its weights."""
+    with open(path, "rb") as f:
+        head = f.read(256)
+    if not head or any(b < 32 and b not in b"\t\r\n" for b in head):
+        return ""
+    return (". It is text: a Caffe .prototxt (such as VGG_ILSVRC_16_layers_deploy.prototxt) only describes the net; "
+            "the weights are in the binary .caffemodel beside it, and convert needs that file alone")
 
 
 def read_vgg16(path, format="auto"):
