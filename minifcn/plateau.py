@@ -1,11 +1,13 @@
 """The pad-100 plateau: VGG16's first stages run on smaller maps, with exactly the same results.
 
-Legend:  N batch, C channels, H x W a map; along one axis: n rows, a "band" is a run of equal rows,
-         k rows of each band left out.
+Legend:  N batch, C channels, H x W a map; along one axis: n rows (the same words serve the columns),
+         a "band": a run of equal rows (not minifcn.fast's bands of output rows), k rows of each band left out,
+         a signature: a number naming what a row holds (below), a stage: the layers after one pool up to
+         and including the next (the first stage starts at conv1_1).
 
 conv1_1 pads the image by 100 pixels so that any image reaches fc7 (DESIGN.md). A 160 x 160 image is
 padded to 360 x 360, and conv1_1 to pool3 spend most of their work far from the image, on windows that
-see only zeros. There every row of a map is equal to the next one: the map has a band of equal rows
+see no image pixel (only zeros, or what the layers above made of zeros). There every row of a map is equal to the next one: the map has a band of equal rows
 above the image and one below it (and two bands of equal columns, left and right). A convolution or a
 pooling of a band is again a band, a little shorter, so the body can leave part of each band out, run
 on the smaller map, and put copies of a band row back later: every number that remains is the number
@@ -22,9 +24,14 @@ Even, so that every pooling window still pairs the rows it pairs in the full map
 gather (the pieces below) puts rows back or leaves more out for the next stage, and at the last pool
 of the plan (pool3, the first map an FCN head reads) the map is whole again.
 
-    plan = plan_body(specs, 160, 160)      # conv1_1 pads by 8; pool1, pool2, pool3 gather
+    plan = plan_body(specs, 160, 160)      # specs: conv1_1 .. pool3; conv1_1 pads by 8; pool1..pool3 gather
     y = gather_forward(x, plan.gathers["pool1"])          # x (N, C, 87, 87) -> y (N, C, 99, 99)
     dx = gather_backward(dy, plan.gathers["pool1"], x.shape)              # dy (N, C, 99, 99) -> dx like x
+
+The plan's maps at 160 x 160: conv1 174^2 instead of 358^2, conv2 99^2 instead of 179^2, conv3 66^2
+instead of 90^2. (pool1's gather puts rows back: conv1_1's stage can leave out all but one row of each of
+pool1's bands, for its input's bands are conv1_1's own padding; but conv2_1 and conv2_2 each shorten a
+band by a row at each end, so the next stage starts with that band row copied 6 more times.)
 
 The gather's backward adds the gradient of every copy to the row it copied: the net computes the same
 function of the weights, so backprop through the smaller maps gives the same gradients (summed in
@@ -46,9 +53,10 @@ class Signatures:
     """Names for rows: equal names, equal rows. One table per plan, so that names compare."""
 
     def __init__(self):
-        self.table = {}
+        self.table = {}                  # what a row holds, as a tuple -> its signature (0, 1, 2, ...)
 
     def name(self, key):
+        """The signature of `key` (a tuple), a new one the first time the key is seen."""
         return self.table.setdefault(key, len(self.table))
 
     def image(self, n, pad):
@@ -57,8 +65,9 @@ class Signatures:
         return [zero] * pad + [self.name(("image", i)) for i in range(n)] + [zero] * pad
 
     def run(self, rows, specs, padded=False):
-        """The signatures after each layer of `specs` (conv or pool) -> one list of names per layer.
-        padded: the first layer's padding is already in `rows` (see image)."""
+        """rows (signatures) -> the signatures after each layer of `specs` (conv or pool): one list per layer.
+        padded: the first layer's padding is already in `rows` (see image). An output row is named by its
+        layer and the signatures of the rows its window reads: equal windows through one layer, equal rows."""
         out = []
         for i, spec in enumerate(specs):
             k, s, p = spec.kernel, spec.stride, 0 if i == 0 and padded else spec.pad
@@ -66,8 +75,8 @@ class Signatures:
                 pad = self.name(("pad", spec.name))
                 rows = [pad] * p + rows + [pad] * p
                 n = (len(rows) - k) // s + 1
-            elif spec.kind == "pool":                   # Caffe's ceil: the last window may run past the end
-                n = pool_output_size(len(rows), k, s, p)
+            elif spec.kind == "pool":                   # Caffe's ceil: the last window may run past the end,
+                n = pool_output_size(len(rows), k, s, p)    # and is cut there (the slice below stops at the end)
                 rows = [self.name(("-inf", spec.name))] * p + rows
             else:
                 raise ValueError(f"plateau: {spec.name} is a {spec.kind}; a plan covers convolutions and pools only")
@@ -77,7 +86,8 @@ class Signatures:
 
 
 def bands(rows):
-    """(start, stop) of the longest run of equal names in the first half of `rows`, and in the second."""
+    """(start, stop) of the longest run of equal names in the first half of `rows`, and in the second: the
+    padding's band above (left of) the image, and the one below (right of) it. (0, 0) where there is none."""
     runs, i = [], 0
     while i < len(rows):
         j = i
@@ -101,31 +111,33 @@ def kept(rows, k):
 
 
 def pieces(full, k_in, k_out):
-    """How to turn a map with k_in rows of each band left out into one with k_out left out: a tuple of
-    ("rows", start, stop) (input rows start..stop-1, once each) and ("copies", row, count); None if the
-    two are the same map."""
+    """How to turn a map with k_in rows of each band left out into one with k_out left out, given the full
+    map's signatures: a tuple of ("rows", start, stop) (input rows start..stop-1, once each) and
+    ("copies", row, count) (input row `row`, count times), in output order; None if the two are the same map.
+    Each output row is taken from the input row with its signature: itself, or a kept row of its band."""
     if k_in == k_out:
         return None
-    have, want = kept(full, k_in), kept(full, k_out)
+    have, want = kept(full, k_in), kept(full, k_out)         # positions in the full map
     out = []
     for p in want:
         j = bisect.bisect_left(have, p)            # input row j: p itself, or the band row kept just after p
         assert full[have[j]] == full[p], "plateau: a wanted row has no equal in the input"
-        kind, a, b = out[-1] if out else (None, None, None)
-        if kind == "copies" and j == a:
-            out[-1] = ("copies", a, b + 1)         # one more copy of row a
-        elif kind == "rows" and j == b - 1:
-            out.append(("copies", j, 1))           # row j again: copies begin
-        elif kind == "rows" and j == b:
-            out[-1] = ("rows", a, b + 1)           # the next row of a slice
+        last = out[-1] if out else (None, None, None)
+        if last[0] == "copies" and j == last[1]:
+            out[-1] = ("copies", j, last[2] + 1)           # one more copy of row j
+        elif last[0] == "rows" and j == last[2] - 1:
+            out.append(("copies", j, 1))                   # row j again, just after the slice that ends at it
+        elif last[0] == "rows" and j == last[2]:
+            out[-1] = ("rows", last[1], j + 1)             # the next row of a slice
         else:
             out.append(("rows", j, j + 1))
     return tuple(out)
 
 
 def _largest(ok, limit):
-    """The largest even k in [0, limit] with ok(k), by bisection (ok(0) holds; checked, so a wrong guess
-    only costs speed, never exactness)."""
+    """The largest even k in [0, limit] with ok(k), by bisection (ok(0) holds). Bisection assumes that ok
+    holds up to some k and fails after it; were that ever not so, the k returned still passed ok (lo only
+    moves to a k that passed), so a wrong guess would cost speed, never exactness."""
     lo, hi = 0, limit // 2                         # in units of 2
     while lo < hi:
         mid = (lo + hi + 1) // 2
@@ -135,42 +147,44 @@ def _largest(ok, limit):
 
 @lru_cache(maxsize=1024)
 def plan_axis(specs, n):
-    """(conv1_1's pad, {pool name: pieces or None}) for an image of length n through `specs` (conv1_1 ..
-    the last pool of the plan, as geometry.Spec; conv1_1's own pad makes the bands to shrink)."""
+    """(conv1_1's shrunk pad, {pool name: pieces or None}) for an image of length n through `specs` (a tuple of
+    geometry.Spec, conv1_1 .. the last pool of the plan; conv1_1's own pad makes the bands to shrink).
+    Cached: the model asks at every forward, and the answer depends on the specs and n only."""
     sig = Signatures()
     pad = specs[0].pad
-    full_in = sig.image(n, pad)
-    full = sig.run(full_in, specs, padded=True)
-    ends = [i for i, s in enumerate(specs) if s.kind == "pool"]     # a stage: after one pool up to the next
+    full_in = sig.image(n, pad)                                     # conv1_1's padded input
+    full = sig.run(full_in, specs, padded=True)                     # full[i]: the rows after specs[i]
+    ends = [i for i, s in enumerate(specs) if s.kind == "pool"]     # stage i: specs[starts[i]] .. specs[ends[i]]
     starts = [0] + [e + 1 for e in ends[:-1]]
-    first_pad, gathers, k_prev = pad, {}, 0
-    for a, b in zip(starts, ends):
-        stage_in = full_in if a == 0 else full[a - 1]
+    first_pad, gathers, k_left = pad, {}, 0        # k_left: rows of each band left out of the last pool's output
+    for first, last in zip(starts, ends):
+        stage_in = full_in if first == 0 else full[first - 1]
 
         def ok(k):                 # leave k rows out of each band of the stage input: is the output right?
-            if a == 0:
-                rows = sig.run(sig.image(n, pad - k), specs[:b + 1], padded=True)[-1]
+            if first == 0:         # conv1_1's input: leaving padding rows out is padding less (none kept back)
+                rows = sig.run(sig.image(n, pad - k), specs[:last + 1], padded=True)[-1]
             else:
                 keep = kept(stage_in, k)
                 if keep is None:
                     return False
-                rows = sig.run([stage_in[p] for p in keep], specs[a:b + 1])[-1]
-            want = kept(full[b], k // 2)
-            return want is not None and rows == [full[b][p] for p in want]
+                rows = sig.run([stage_in[p] for p in keep], specs[first:last + 1])[-1]
+            want = kept(full[last], k // 2)
+            return want is not None and rows == [full[last][p] for p in want]
 
-        k = _largest(ok, pad if a == 0 else len(stage_in))
-        if a == 0:
+        k = _largest(ok, pad if first == 0 else len(stage_in))
+        if first == 0:
             first_pad = pad - k
-        else:
-            gathers[specs[a - 1].name] = pieces(full[a - 1], k_prev, k)
-        k_prev = k // 2
-    gathers[specs[ends[-1]].name] = pieces(full[ends[-1]], k_prev, 0)   # whole again
+        else:                                                       # the previous pool's gather: k_left -> k
+            gathers[specs[first - 1].name] = pieces(full[first - 1], k_left, k)
+        k_left = k // 2
+    gathers[specs[ends[-1]].name] = pieces(full[ends[-1]], k_left, 0)   # whole again
     return first_pad, gathers
 
 
 @dataclass(frozen=True)
 class Plan:
-    """conv1_1's pad (rows, columns) and, after each pool of the plan, the gather (row pieces, column pieces)."""
+    """pad: conv1_1's shrunk pad (rows, columns); gathers: {pool name: (row pieces, column pieces)} for each pool
+    after which something is gathered (either may be None: that axis stays as it is)."""
     pad: tuple
     gathers: dict
 
@@ -191,7 +205,8 @@ def _along(axis, start, stop):
 
 
 def _gather_axis(x, axis, parts):
-    """x (N, C, n_in, .) -> (N, C, n_out, .) along `axis` (2: rows, 3: columns); parts None: x itself."""
+    """x (N, C, n_in, .) -> (N, C, n_out, .) along `axis` (2: rows, 3: columns), piece by piece (see pieces);
+    parts None: x itself."""
     if parts is None:
         return x
     xp, out = xp_of(x), []
