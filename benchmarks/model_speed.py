@@ -9,14 +9,26 @@ process (started by this script, one after the other), so that each gets the mac
 its peak memory is its own: max RSS on CPU, the allocator's peak on GPU (TF32 off on both sides,
 timers synchronised, one warm-up step first). Times are the best of --repeat.
 
-The last columns give the inference time per pixel of the padded input, (H + 198) x (W + 198),
-which is what every layer sees after conv1_1's 100-pixel pad: run the cases vgg16@256 vgg16@512
-vgg16@1024 with --no-train to see whether cost grows linearly with the pixels.
+It prints one table row per case as soon as both frameworks have run it, then the whole table. How to
+read a row (BACKBONE @ SIZE, an image of SIZE x SIZE):
+
+  s, MiB    minifcn's figure, then PyTorch's, then the ratio minifcn / PyTorch: below 1, minifcn is
+            faster or smaller. Peak MiB on the CPU is the worker process's max RSS (Python, the net, the
+            timed runs: everything), on a GPU the allocator's peak.
+  nan       not measured: the training columns with --no-train, and every column of a framework whose
+            process failed (its error is printed above the table; PyTorch without CUDA on --device gpu).
+  last      the inference time per pixel of the padded input, (H + 198) x (W + 198), which is what every
+            layer sees after conv1_1's 100-pixel pad, in ns: run the cases vgg16@256 vgg16@512 vgg16@1024
+            with --no-train to see whether cost grows linearly with the pixels.
+
+The machine's speed drifts between runs (by about 15% on a shared 2-core machine): compare the ratios
+of one run, not seconds across runs.
 
 --plain times minifcn with its fast paths off (minifcn.fast.ENABLED = False); --profile adds
 minifcn's time per layer (forward and backward of one training step, or forward alone with
 --no-train): where the time goes.
---append adds the table to benchmarks/RESULTS.md with the date, the machine and the command.
+--append adds the table to benchmarks/RESULTS.md with the date, the machine and the command (not when a
+case has no figures).
 """
 import argparse
 import datetime
@@ -35,6 +47,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from timing import best_of, watch_cupy_peak  # noqa: E402  (benchmarks/timing.py)
+
+
+def case_arg(text):
+    """--cases' type: BACKBONE@SIZE, refused before any timing when it is not one (it used to end in a
+    traceback after both workers had failed, or in a row of nan)."""
+    from minifcn.models import BACKBONES
+    backbone, _, size = text.partition("@")
+    if backbone not in BACKBONES or not size.isdigit() or int(size) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not BACKBONE@SIZE with BACKBONE one of {', '.join(BACKBONES)} "
+                                         "and SIZE a number of pixels, e.g. vgg16@500 or vgg16-tiny@256")
+    return text
 
 
 def inputs(size, num_classes=21):
@@ -193,8 +216,9 @@ def spawn(framework, case, args):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
-    p.add_argument("--cases", nargs="+", default=["vgg16@500", "vgg16-tiny@256"], help="BACKBONE@SIZE")
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--cases", nargs="+", default=["vgg16@500", "vgg16-tiny@256"], type=case_arg,
+                   help="BACKBONE@SIZE, BACKBONE vgg16 or vgg16-tiny (default: vgg16@500 vgg16-tiny@256)")
+    p.add_argument("--repeat", type=int, default=3, help="timed runs per figure, the best kept (default 3)")
     p.add_argument("--plain", action="store_true", help="minifcn with its fast paths off")
     p.add_argument("--profile", action="store_true", help="minifcn's time per layer")
     p.add_argument("--no-train", action="store_true", help="time inference only")

@@ -2,10 +2,25 @@
 
     python benchmarks/ops.py [--device cpu|gpu] [--repeat 3] [--plain] [--append]
 
-Prints a table of the best of `repeat` timings and the ratio minifcn / PyTorch; --append adds it to
-benchmarks/RESULTS.md with the date, the device and the command. Shapes are those of FCN-8s VGG16
-on a 500x500 image (conv1_1 pads by 100, so the first block sees 698x698). minifcn runs what its
-layers run: the fast paths of minifcn.fast, or with --plain the plain ops of minifcn.ops.
+The ops and shapes are those of FCN-8s VGG16 on a 500x500 image (conv1_1 pads by 100, so the first
+block sees 698x698): the 3x3 convolutions of each width, fc6, fc7, both upsampling sizes, a 2x2 pool
+and the loss. There is no smaller size: on 2 CPU cores a run takes a minute or two.
+
+One line per op as it is timed, then a table (--append adds it to benchmarks/RESULTS.md with the date,
+the device and the command). How to read it:
+
+  ms        the best of --repeat runs, after one warm-up run; a GPU is synchronised before each clock.
+  fwd       minifcn's forward as a layer runs it in training, keeping what backward needs; PyTorch's
+            under torch.no_grad(). For the loss, minifcn's one call returns the loss and its gradient
+            together, so its fwd and fwd+bwd are the same call.
+  ratio     minifcn / PyTorch: below 1, minifcn is faster. nan where PyTorch is not installed, or has
+            no CUDA with --device gpu.
+  peak MiB  the most memory fwd+bwd holds at once beyond its inputs: tracemalloc on the CPU (it sees
+            NumPy's buffers), the memory pool on a GPU. PyTorch's is n/a on the CPU, where no Python
+            tool sees its allocations.
+
+minifcn runs what its layers run: the fast paths of minifcn.fast, or with --plain the plain ops of
+minifcn.ops. The machine's speed drifts between runs: compare the ratios of one run, not seconds across runs.
 """
 import argparse
 import datetime
@@ -112,7 +127,7 @@ def peak_mib(fn, device, torch=None):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--repeat", type=int, default=3, help="timed runs per figure, the best kept (default 3)")
     p.add_argument("--plain", action="store_true", help="time the plain ops (minifcn.ops), not minifcn.fast")
     p.add_argument("--append", action="store_true", help="append the table to benchmarks/RESULTS.md")
     args = p.parse_args()

@@ -1,4 +1,5 @@
-"""The benchmark scripts run: each once, at a toy size, as a subprocess the way a user starts it.
+"""The benchmark scripts run: each once, at a toy size, as a subprocess the way a user starts it; ops.py, which has
+no toy size, runs its pieces in-process on toy shapes. (convert_speed.py is not run: its files are full-size VGG16s.)
 
 They are the scripts a session with a lent GPU runs first (benchmarks/gpu_session.sh), with minutes of device
 time for all of it, so a script that broke since its last run would waste them. model_speed.py also runs its
@@ -63,3 +64,47 @@ def test_stride_ceiling_and_model_memory():
     assert mean_iu["FCN-8s"] > mean_iu["FCN-16s"] > mean_iu["FCN-32s"]      # a finer stride draws truer edges
     out = run("model_memory.py", "--backbone", "vgg16-tiny", "--size", "32", "--count-only")
     assert "counted:" in out and "measured:" in out
+
+
+@pytest.mark.parametrize("case", ["vgg16-tiny", "vgg16-small@32", "vgg16@0", "vgg16@big"])
+def test_model_speed_refuses_a_case_that_is_not_backbone_at_size(case):
+    """Refused by argparse before any timing: a case without '@' used to end in a traceback from the table, after
+    both workers had failed, and an unknown backbone in a row of nan."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "model_speed.py"), "--cases", case],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "BACKBONE@SIZE" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_ops_times_each_kind_of_op_at_a_toy_size(monkeypatch, capsys):
+    """ops.py has no small size of its own (a run takes minutes), so its pieces run here in-process on toy shapes:
+    every kind of op through minifcn's fast and plain paths and PyTorch's where it is installed, then the table."""
+    import importlib.util
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("bench_ops", ROOT / "benchmarks" / "ops.py")
+    ops = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ops)
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    import numpy as np
+    rng = np.random.default_rng(0)
+    cases = [("conv", (1, 4, 9, 9), (5, 4, 3, 3), 1, 1), ("conv", (1, 4, 7, 7), (6, 4, 7, 7), 1, 0),
+             ("deconv", (1, 3, 4, 4), (3, 3, 16, 16), 8, 0), ("pool", (1, 2, 9, 9), None, 2, 0),
+             ("loss", (1, 5, 6, 6), None, None, None)]
+    rows = []
+    for kind, x_shape, W_shape, stride, pad in cases:
+        x = rng.standard_normal(x_shape, dtype=np.float32)
+        W = None if W_shape is None else rng.standard_normal(W_shape, dtype=np.float32)
+        labels = rng.integers(0, 5, (1,) + x_shape[2:]) if kind == "loss" else None
+        for plain in (False, True):
+            fwd, both = ops.minifcn_fns(kind, x, W, stride, pad, labels, plain)
+            row = [kind, ops.best_of(fwd, 1), ops.best_of(both, 1), ops.peak_mib(both, "cpu")]
+        if torch is not None:
+            tf, tb = ops.torch_fns(torch, kind, x, W, stride, pad, labels, "cpu")
+            row += [ops.best_of(tf, 1), ops.best_of(tb, 1), ops.peak_mib(tb, "cpu", torch)]
+        rows.append(row)
+        assert kind in ops._fmt(row)
+    table = ops._table(rows).splitlines()
+    assert len(table) == 2 + len(cases) and all(line.count("|") == 10 for line in table)
