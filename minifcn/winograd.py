@@ -1,7 +1,9 @@
 """Winograd's minimal filtering F(2x2, 3x3): a 3x3 stride-1 convolution with 2.25x fewer multiplications.
 
 Legend:  N batch, C input channels, H x W input, F filters, OH x OW output,
-         TH x TW tiles of 2x2 output pixels, r tile rows in one band.
+         TH x TW tiles of 2x2 output pixels, r tile rows in one band,
+         g a 3x3 kernel, d a 4x4 tile of the padded input, U the transformed kernels, V the transformed
+         tiles, M their products (each 16 numbers per tile: 4 x 4).
 
 A 3x3 convolution computes each 2x2 block of output from a 4x4 block of input: 36 multiplications
 per channel pair done directly (4 pixels x 9 taps). Winograd's trick (Lavin and Gray, "Fast
@@ -12,18 +14,20 @@ Algorithms for Convolutional Neural Networks", 2016) does it with 16:
 G g G^T turns the kernel into 4x4 numbers (once per call), B^T d B turns the tile into 4x4 numbers
 (additions only), and A^T . A turns their product back into the 2x2 outputs (additions only). Over
 C input channels the 16 elementwise products become 16 matrix products, (F, C) @ (C, tiles): the
-same matrix products as im2col's, with 16 rows of taps per 4 pixels instead of 36. On this
-machine's BLAS the additions cost less than the multiplications they save once C >= 128
-(conv2_2 onwards in VGG16; see fast.WINOGRAD_MIN_CHANNELS); with fewer channels, im2col wins.
+same matrix products as im2col's, with 16 rows of taps per 4 pixels instead of 36. On the 2-core
+machine of benchmarks/RESULTS.md the additions (NumPy, one core) cost less than the multiplications
+they save once C >= 128 (conv2_2 onwards in VGG16; see fast.WINOGRAD_MIN_CHANNELS); with fewer
+channels, im2col wins (so the tiny net, at most 32 channels a convolution, never comes here).
 
-Everything is done in bands of tile rows (BLOCK floats of transformed input), so the transformed
-input and the products stay in cache between the steps. Additions run on whole arrays, never per
-pixel: the tile's four columns are the even and odd columns of the padded input, kept apart so that
-each column of a tile is a contiguous slice. Results agree with im2col's to float32 rounding.
+Everything is done in bands of tile rows (V or M, whichever is larger, holds about BLOCK floats), so
+the transformed input and the products stay in cache between the steps. Additions run on whole arrays,
+never per pixel: the tile's four columns are the even and odd columns of the padded input, kept apart
+so that each column of a tile is a contiguous slice. Results agree with im2col's to float32 rounding
+(the same sums, taken in another order through the transforms, so rounded differently).
 """
 from .backend import xp_of
 
-BLOCK = 1 << 21      # floats of transformed input in one band (8 MiB in float32)
+BLOCK = 1 << 21      # floats in one band of V (or of M, if F > C): 8 MiB in float32, as fast.BLOCK
 
 # The matrices of F(2x2, 3x3) (Lavin and Gray, section 4.1), written out as additions below:
 #   B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
@@ -44,7 +48,8 @@ def transform_kernel(W):
 
 def _transform_input(d, V):
     """B^T d B for every tile of a band. d: the four tile rows, each (2, C, r, TW + 1) (even and odd
-    columns of input rows 2t, 2t+1, 2t+2, 2t+3) -> V (4, 4, C, r, TW), written in place."""
+    columns of padded input rows 2t, 2t+1, 2t+2, 2t+3 for every tile row t of the band) -> written into
+    V (4, 4, C, r, TW)."""
     xp = xp_of(V)
     rows = xp.empty((4,) + d[0].shape, dtype=V.dtype)                      # B^T d: (4, 2, C, r, TW + 1)
     xp.subtract(d[0], d[2], out=rows[0])
@@ -78,7 +83,8 @@ def _transform_output(M, out):
 
 
 def conv3x3(x, W, pad):
-    """x (N, C, H, W), W (F, C, 3, 3), stride 1, pad (ph, pw) -> out (N, F, OH, OW), OH = H + 2*ph - 2."""
+    """x (N, C, H, W), W (F, C, 3, 3), stride 1, pad (ph, pw) -> out (N, F, OH, OW), OH = H + 2*ph - 2,
+    OW = W + 2*pw - 2. No bias: the caller (fast.conv2d_forward) adds it."""
     xp = xp_of(x)
     N, C, H, W_ = x.shape
     F = W.shape[0]
@@ -93,10 +99,10 @@ def conv3x3(x, W, pad):
         cols = x[..., w0::2]
         x_eo[:, p, :, ph:ph + H, (w0 + pw) // 2:(w0 + pw) // 2 + cols.shape[-1]] = cols
     U = transform_kernel(W)                                                # (16, F, C)
-    out = xp.empty((N, F, 2 * TH, 2 * TW), dtype=x.dtype)
-    r_max = max(1, min(TH, BLOCK // (16 * max(C, F) * TW)))
-    V = xp.empty((16, C, r_max * TW), dtype=x.dtype)
-    M = xp.empty((16, F, r_max * TW), dtype=x.dtype)
+    out = xp.empty((N, F, 2 * TH, 2 * TW), dtype=x.dtype)                 # whole tiles; cut to OH x OW at the end
+    r_max = max(1, min(TH, BLOCK // (16 * max(C, F) * TW)))               # tile rows in a band
+    V = xp.empty((16, C, r_max * TW), dtype=x.dtype)                      # reused by every band (the last one
+    M = xp.empty((16, F, r_max * TW), dtype=x.dtype)                      # may use only part of them)
     for n in range(N):
         for t0 in range(0, TH, r_max):
             r = min(r_max, TH - t0)
@@ -104,6 +110,7 @@ def conv3x3(x, W, pad):
             Vb, Mb = V[:, :, :r * TW], M[:, :, :r * TW]
             _transform_input(d, Vb.reshape(4, 4, C, r, TW))
             xp.matmul(U, Vb, out=Mb)                                       # 16 x (F, C) @ (C, r*TW)
+            # the band's output rows, (F, 2r, 2TW) with each filter's rows contiguous: the reshape is a view
             _transform_output(Mb.reshape(4, 4, F, r, TW), out[n, :, 2 * t0:2 * (t0 + r)].reshape(F, r, 2, TW, 2))
     if (OH, OW) != (2 * TH, 2 * TW):                                       # odd sizes: drop the cut tiles' extra
         out = xp.ascontiguousarray(out[:, :, :OH, :OW])
