@@ -9,14 +9,19 @@ VGG_ILSVRC_16_layers.caffemodel / vgg16-fcn.caffemodel / fcn{32,16,8}s-*.caffemo
 vgg16_weights_tf_dim_ordering_tf_kernels.h5 (needs h5py). The format is told from the file's first
 bytes unless --format says it. DST gets the weights (fc6 / fc7 as convolutions) and the preprocessing
 the source expects; it is written to a temporary file first, so a failure never leaves half a DST.
+An existing DST is replaced only if convert wrote it (--overwrite: whatever it is).
 Nothing in SRC is ever run: see minifcn/weights/.
 """
 import argparse
+import json
 import os
 import time
+import zipfile
+
+import numpy as np
 
 from . import cli
-from .weights import FORMATS, read_weights, save_npz
+from .weights import FORMATS, META_KEY, read_weights, save_npz
 
 
 def main(argv=None):
@@ -25,10 +30,16 @@ def main(argv=None):
     parser.add_argument("dst", help="the minifcn .npz to write")
     parser.add_argument("--format", default="auto", choices=("auto",) + FORMATS,
                         help="the source format (default: told from the file)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a DST that convert did not write (one it wrote is replaced anyway)")
     args = parser.parse_args(argv)
     if os.path.exists(args.dst) and os.path.exists(args.src) and os.path.samefile(args.src, args.dst):
         parser.error("SRC and DST are the same file")
     cli.check_output_file(args.dst, "DST")                  # before reading SRC, which can take a minute
+    if os.path.isfile(args.dst) and not args.overwrite and not _converted(args.dst):
+        raise FileExistsError(f"DST {args.dst} exists and is not a file that convert wrote ({_what(args.dst)}); "
+                              "converting would replace it. Give DST a new name (such as vgg16.npz), or pass "
+                              "--overwrite to replace it")
     start = time.perf_counter()
     params, meta = read_weights(args.src, args.format)      # a bad file: cli.run ends the command with one line
     save_npz(args.dst, params, meta)
@@ -40,6 +51,33 @@ def main(argv=None):
           + (f", fc8.W {tuple(params['fc8.W'].shape)}" if "fc8.W" in params else ""))
     print(f"  preprocessing: {pre['channel_order']}, input 0-{pre['scale']:g}, mean {pre['mean']}, std {pre['std']}")
     return 0
+
+
+def _meta(path):
+    """The metadata of the minifcn .npz at `path` ({} without any), None if it is no .npz; reads that entry only."""
+    try:
+        with zipfile.ZipFile(path) as z:                      # an .npz is a zip of .npy arrays
+            if not z.namelist() or not all(n.endswith(".npy") for n in z.namelist()):
+                return None
+        with np.load(path, allow_pickle=False) as f:          # an NpzFile reads a member when it is asked for
+            meta = json.loads(str(f[META_KEY])) if META_KEY in f.files else {}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile):
+        return None
+    return meta if isinstance(meta, dict) else {}
+
+
+def _converted(path):
+    """True if `path` is a weight file that convert wrote (its metadata names a source format): rewriting it is
+    converting again. Anything else (a trained net's checkpoint, a .prototxt given by mistake) is the user's."""
+    return (_meta(path) or {}).get("source") in FORMATS
+
+
+def _what(path):
+    """A few words on a file that convert did not write, for the message that refuses to replace it."""
+    meta = _meta(path)
+    if meta is None:
+        return "not a minifcn .npz"
+    return f"trained {meta['arch']} weights" if meta.get("arch") else "an .npz without convert's metadata"
 
 
 if __name__ == "__main__":

@@ -106,8 +106,8 @@ def test_format_option_overrides_detection(tmp_path, capsys):
 
 def test_failures_leave_dst_as_it_was(tmp_path, capsys, monkeypatch):
     dst = tmp_path / "vgg16.npz"
-    dst.write_bytes(b"an older file")
-    assert convert([str(tmp_path / "nope.caffemodel"), str(dst)]) == 2
+    dst.write_bytes(b"an older file")                  # not one convert wrote: replaced only with --overwrite
+    assert convert([str(tmp_path / "nope.caffemodel"), str(dst), "--overwrite"]) == 2
     assert "nope.caffemodel' does not exist" in capsys.readouterr().err
     # fail in the middle of writing: after the first arrays are in the temporary file
     tiny_caffemodel(tmp_path / "w.caffemodel")
@@ -121,10 +121,32 @@ def test_failures_leave_dst_as_it_was(tmp_path, capsys, monkeypatch):
         return write(*args, **kwargs)
 
     monkeypatch.setattr(npformat, "write_array", failing_write)
-    assert convert([str(tmp_path / "w.caffemodel"), str(dst)]) == 2
+    assert convert([str(tmp_path / "w.caffemodel"), str(dst), "--overwrite"]) == 2
     assert "No space left" in capsys.readouterr().err and len(calls) == 5
     assert dst.read_bytes() == b"an older file"
     assert sorted(os.listdir(tmp_path)) == ["vgg16.npz", "w.caffemodel"]      # no temporary file left
+
+
+def test_only_a_file_that_convert_wrote_is_replaced_without_overwrite(tmp_path, capsys):
+    """Converting again to the same DST replaces the earlier conversion; any other DST is the user's: a Caffe user's
+    habit of giving the .prototxt beside the .caffemodel, or a trained net's best.npz, is refused before SRC is read."""
+    from minifcn import models
+    tiny_caffemodel(tmp_path / "w.caffemodel", seed=0)
+    tiny_caffemodel(tmp_path / "w2.caffemodel", seed=1)
+    assert convert([str(tmp_path / "w.caffemodel"), str(tmp_path / "vgg16.npz")]) == 0
+    assert convert([str(tmp_path / "w2.caffemodel"), str(tmp_path / "vgg16.npz")]) == 0       # converted again
+    assert load_npz(tmp_path / "vgg16.npz")[1]["source_file"] == "w2.caffemodel"
+    prototxt = tmp_path / "VGG_ILSVRC_16_layers_deploy.prototxt"
+    prototxt.write_text('name: "VGG_ILSVRC_16_layers"\n')
+    models.build("fcn32s", num_classes=2, backbone="vgg16-tiny").save(tmp_path / "best.npz")
+    trained = (tmp_path / "best.npz").read_bytes()
+    for dst, what in ((prototxt, "not a minifcn .npz"), (tmp_path / "best.npz", "trained fcn32s weights")):
+        assert convert([str(tmp_path / "w.caffemodel"), str(dst)]) == 2
+        err = capsys.readouterr().err
+        assert f"DST {dst} exists and is not a file that convert wrote ({what})" in err and "--overwrite" in err
+    assert prototxt.read_text() == 'name: "VGG_ILSVRC_16_layers"\n' and (tmp_path / "best.npz").read_bytes() == trained
+    assert convert([str(tmp_path / "w.caffemodel"), str(prototxt), "--overwrite"]) == 0
+    assert load_npz(prototxt)[1]["source"] == "caffe"
 
 
 def test_src_and_dst_must_differ(tmp_path):
