@@ -1,15 +1,16 @@
 """Two CUDA kernels for the convolution's bands on the GPU: im2col in one launch, and col2im as a gather.
 
 Legend:  C channels, Hp x Wp the padded input of one image, KH x KW kernel, sh x sw stride, dh x dw dilation,
-         R output rows in the band (starting at output row r0), OW output columns, K = C*KH*KW.
+         R output rows in the band (starting at output row r0; minifcn.fast's r), OW output columns,
+         K = C*KH*KW; g = (KH, KW, sh, sw, dh, dw, OW) as in minifcn.fast.
 
 minifcn.fast builds a band's columns with one strided copy per kernel tap and adds them back with one
 read-add-write of the input gradient per tap. That runs on CuPy as it is, but costs KH*KW kernel launches per
 band and, for col2im, KH*KW passes over the gradient. Here each is one launch, written as a CuPy
 ElementwiseKernel: a loop body in C, run once per element of its output, with `i` the element's index.
 
-- im2col: one thread per column entry (c, ki, kj, oy, ox) reads the pixel under it; the same index arithmetic
-  as minifcn.im2col's naive loop, but inverted into one line per index.
+- im2col: one thread per column entry reads the pixel under it. Its flat index i is taken apart into
+  (c, ki, kj, oy, ox), the loop variables of minifcn.im2col's naive loop, one line per variable.
 - col2im as a gather: one thread per input pixel sums the column entries that read it. Each pixel is written
   by its own thread only, so there are no atomic additions and the sum always runs in the same order: the
   result is the same from run to run (a scatter with atomicAdd would add in whatever order threads arrive).
@@ -22,7 +23,8 @@ compile, the tap loops take over by themselves, with a warning.
 import warnings
 
 # (inputs, outputs, body) of each cupy.ElementwiseKernel. `raw` arrays are indexed by hand (flat, C order);
-# the output is indexed by the thread's `i`.
+# the output is indexed by the thread's `i` (CuPy follows the output's strides, so it may be a view).
+# Flat indices into the inputs are computed in long long: a 32-bit int would overflow past 2^31 entries.
 
 IM2COL = (
     "raw T x_pad, int32 Hp, int32 Wp, int32 r0, int32 R, int32 OW, "
@@ -47,7 +49,8 @@ COL2IM_GATHER = (
     "int32 KH, int32 KW, int32 sh, int32 sw, int32 dh, int32 dw",
     "T dx",
     """
-    // i -> (c, y, x) of the padded gradient's rows that the band reads, from row r0*sh on: dx (C, rows, Wp)
+    // i -> (c, y, x) of dx (C, rows, Wp): the padded gradient's rows that the band's taps reach,
+    // y counted from padded row r0*sh (the first row the band's first output row reads)
     int x = i % Wp;
     int t = i / Wp;
     int y = t % rows;
@@ -70,7 +73,8 @@ _compiled = {}      # (name, dtype) -> the kernel, or None when it did not compi
 
 
 def _kernel(spec, name):
-    """The cupy.ElementwiseKernel for spec (CuPy compiles it at its first launch for each dtype, cached on disk)."""
+    """The cupy.ElementwiseKernel for spec (CuPy compiles it at its first launch for each dtype, cached on disk).
+    tests/test_gpu_kernels.py swaps this function for one that compiles the body in C for NumPy arrays."""
     import cupy
     return cupy.ElementwiseKernel(*spec, name=name)
 
@@ -106,7 +110,7 @@ def _launch(spec, name, *args):
 
 def band_cols(x_pad, cols, r0, r, g):
     """im2col of output rows [r0, r0 + r) of one padded image x_pad (C, Hp, Wp) into cols (K, r*OW) (CuPy)
-    -> True, or False (cols untouched) where the kernel does not compile."""
+    -> True, or False (cols untouched) where the kernel does not compile. minifcn.fast._band_cols's twin."""
     KH, KW, sh, sw, dh, dw, OW = g
     Hp, Wp = x_pad.shape[1:]
     return _launch(IM2COL, "minifcn_im2col", x_pad, Hp, Wp, r0, r, OW, KH, KW, sh, sw, dh, dw, cols)
@@ -114,7 +118,7 @@ def band_cols(x_pad, cols, r0, r, g):
 
 def band_col2im(dcols, dx_pad, r0, r, g):
     """The adjoint of band_cols: add dcols (K, r*OW) onto dx_pad (C, Hp, Wp), one thread per pixel (CuPy)
-    -> True, or False (dx_pad untouched) where the kernel does not compile."""
+    -> True, or False (dx_pad untouched) where the kernel does not compile. minifcn.fast._band_col2im's twin."""
     KH, KW, sh, sw, dh, dw, OW = g
     # One thread per pixel that the band's columns can touch: the padded rows from the first one its first output
     # row reads (y0) to the last one its last output row reads through the bottom kernel tap.
