@@ -1,12 +1,20 @@
-"""Time and memory of `python -m minifcn.convert` on full-size (138 M parameters, 553 MB) VGG16 files.
+"""Time and memory of what `python -m minifcn.convert` does (read_weights, then save_npz) on full-size VGG16 files
+(138 M parameters, 553 MB = 528 MiB of float32).
 
     python benchmarks/convert_speed.py [--formats torchvision legacy caffe caffe-v1 keras] [--dir DIR]
 
-Writes random full-size VGG16 files in DIR (default: a temporary folder): torch.save's zip and legacy
-layouts (needs torch), a caffemodel in both layer fields (written by the small encoder below, in the
-layout Caffe writes: packed floats) and a Keras-layout .h5 (needs h5py). Each conversion then runs
-in a fresh process that reports its wall time, its peak of traced allocations (tracemalloc counts
-NumPy's buffers and bytearrays: the copies of the weights held at once) and its peak resident memory.
+Writes random full-size VGG16 files into a temporary folder (inside DIR if given; removed at the end; about
+1.1 GB free is needed, one source file and its .npz at a time): torch.save's zip and legacy layouts (needs
+torch), a caffemodel in both layer fields (written by the small encoder below, in the layout Caffe writes:
+packed floats) and a Keras-layout .h5 (needs h5py). A format whose writer's package is missing is skipped.
+Each conversion then runs in a fresh process. One line per format:
+
+  s (read s)    the conversion's wall time, and of it the reading alone (the rest is writing the .npz)
+  traced peak   the peak of traced allocations (tracemalloc counts NumPy's buffers and bytearrays: the copies
+                of the weights held at once), and that as a multiple of the weights' size
+  max RSS       the process's peak resident memory (Python and the imports included)
+
+There is no --append: RESULTS.md's entries for it are entered by hand.
 """
 import argparse
 import json
@@ -135,9 +143,9 @@ def child(src, dst):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--formats", nargs="+", default=list(WRITERS), choices=list(WRITERS))
-    p.add_argument("--dir", default=None)
+    p.add_argument("--dir", default=None, help="make the temporary folder here (default: the system's)")
     p.add_argument("--child", nargs=2, metavar=("SRC", "DST"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:

@@ -3,16 +3,17 @@
 # minutes of device time in all, the machine's start included, and at most 10 minutes a call. From the repository
 # root on the GPU machine:
 #
-#   bash benchmarks/gpu_session.sh            # all of it, most needed first, about 8 minutes in practice
-#   bash benchmarks/gpu_session.sh tests      # only pytest -m gpu and the training run (the first two steps)
+#   bash benchmarks/gpu_session.sh            # all of it, most needed first (9 min 15 s at the very most)
+#   bash benchmarks/gpu_session.sh tests      # only the first four steps: pytest -m gpu, both training runs, gradcheck
 #   bash benchmarks/gpu_session.sh bench      # only model_speed.py and ops.py against PyTorch
 #
 # Steps, in order, each with its own time limit: pytest -m gpu (180 s); python -m minifcn.train --device gpu on
-# the full VGG16 for 100 iterations, for its iterations per second (90 s); the same for the bare command's tiny net
-# (45 s); python -m minifcn.gradcheck --device gpu (30 s); model_speed.py --device gpu (150 s); ops.py --device gpu
+# the full VGG16 for 100 iterations, for its iterations per second (90 s); the bare command's tiny net for 500
+# iterations (45 s); python -m minifcn.gradcheck --device gpu (30 s); model_speed.py --device gpu (150 s); ops.py --device gpu
 # (60 s): 9 min 15 s at the very most, under the device tool's 10 minutes for one call. A step that fails or times
 # out is logged and the next one still runs.
 #
+# It prints each step's command, the last 15 lines of its log and its exit status (124: it ran out of time).
 # Every log lands in $OUT (the device tool's folder that comes back; /tmp/gpu-session elsewhere). The benchmarks'
 # --append edits the device's copy of benchmarks/RESULTS.md, which does not come back by itself: the script
 # copies it to $OUT, so that the new tables can be carried over by hand.

@@ -7,12 +7,22 @@ as a user sees it). Pass `-- --iters N` for the same number of iterations on any
     python benchmarks/train_shapes.py [--models fcn8s fcn16s fcn32s] [--staged] [--out runs/bench] [--append]
                                       [-- EXTRA...]
 
-Each run is `python -m minifcn.train --model M --out OUT/M EXTRA...` in a subprocess, one after another
-(never two at once: they would share the cores). The first, fcn8s with no EXTRA, is the bare command.
+Each run is `python -m minifcn.train --model M --out OUT/M --overwrite EXTRA...` in a subprocess, one after
+another (never two at once: they would share the cores); a second call with the same --out replaces the
+first's runs. Without --staged, the first, fcn8s with no EXTRA, is the bare command.
 
---staged trains as the paper did, coarse to fine (net surgery), in the same total number of iterations:
-FCN-16s is FCN-32s for half the iterations, then FCN-16s started from its checkpoint (--init) for the other
-half; FCN-8s is FCN-32s, FCN-16s and FCN-8s for a third each; FCN-32s is one stage, as without --staged.
+It prints one table row per model as each run ends, then the whole table: the iterations run (under the
+budget, as many as fitted), pixel accuracy, mean accuracy, mean IU and frequency-weighted IU on the val split
+at the last iteration, and the run's wall time. A row that says (exit N) is a run that failed; its own output,
+above, says why. One run's noise is a few hundredths of mean IU: compare nets over several seeds
+(`-- --seed 1`, ...) before calling one better.
+
+--staged trains as the paper did, coarse to fine (net surgery): FCN-16s is FCN-32s for half the iterations,
+then FCN-16s started from its checkpoint (--init) for the other half; FCN-8s is FCN-32s, FCN-16s and FCN-8s
+for a third each; FCN-32s is one stage, as without --staged. Each stage is given its --iters, so the time
+budget is off: the total is `-- --iters N` if given, else all 11,000 iterations, which on a slow 2-core
+machine take several times the bare command's 8.5 minutes for each net. To compare staged with unstaged
+training, give both the same `-- --iters N`.
 
 --append adds the table to benchmarks/RESULTS.md with the date, the machine and the command.
 """
@@ -101,7 +111,8 @@ def main():
     p.add_argument("--models", nargs="+", default=["fcn8s", "fcn16s", "fcn32s"],
                    choices=["fcn8s", "fcn16s", "fcn32s", "fcn8s-atonce"])
     p.add_argument("--staged", action="store_true", help="coarse to fine, as the paper trained (see above)")
-    p.add_argument("--out", default="runs/bench", help="one sub-folder per model")
+    p.add_argument("--out", default="runs/bench", help="one sub-folder per model, replaced if it holds a run "
+                   "(default runs/bench)")
     p.add_argument("--append", action="store_true", help="append the table to benchmarks/RESULTS.md")
     p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: options passed to every run")
     args = p.parse_args()
