@@ -274,3 +274,32 @@ def test_a_prototxt_given_for_the_weights_says_which_file_is_meant(tmp_path, cap
     (tmp_path / "x.bin").write_bytes(bytes(range(256)))                                  # not text: no such hint
     assert convert([str(tmp_path / "x.bin"), str(tmp_path / "x.npz")]) == 2
     assert "It is text" not in capsys.readouterr().err
+
+
+def test_an_image_reaches_fc7_as_torch_computes_it_with_caffes_preprocessing(tmp_path):
+    """From a uint8 RGB image to fc7: an FCN started from a converted VGG16 caffemodel applies Caffe's preprocessing
+    (channels flipped to BGR, 0-255, the reference's mean subtracted, no std), kept through net.save and models.load,
+    and computes what torch computes from the caffemodel's own arrays on the image so prepared by hand."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    from minifcn import models
+    from minifcn.data import preprocess
+    arrays = tiny_caffemodel(tmp_path / "VGG_ILSVRC_16_layers.caffemodel", fc=256)        # vgg16-tiny's widths
+    assert convert([str(tmp_path / "VGG_ILSVRC_16_layers.caffemodel"), str(tmp_path / "vgg16.npz")]) == 0
+    image = np.random.default_rng(0).integers(0, 256, (45, 38, 3), dtype=np.uint8)        # H x W x RGB, as read
+    x = torch.from_numpy(image[..., ::-1].astype(np.float32) - np.float32([104.00699, 116.66877, 122.67892]))
+    x = x.permute(2, 0, 1)[None]                                                          # (1, 3, H, W), BGR
+    with torch.no_grad():
+        for layer in LAYERS[:15]:
+            W, b = (torch.from_numpy(a) for a in arrays[layer])
+            W = W.reshape(W.shape[0], -1, 7, 7) if layer == "fc6" else W if layer != "fc7" else W[:, :, None, None]
+            x = F.relu(F.conv2d(x, W, b, padding=100 if layer == "conv1_1" else 1 if layer < "fc" else 0))
+            if layer in ("conv1_2", "conv2_2", "conv3_3", "conv4_3", "conv5_3"):
+                x = F.max_pool2d(x, 2, 2, ceil_mode=True)
+    net = models.build("fcn32s", num_classes=3, backbone="vgg16-tiny", init=tmp_path / "vgg16.npz")
+    net.save(tmp_path / "best.npz")
+    net = models.load(tmp_path / "best.npz")
+    got = net.body.forward(preprocess(image, net.preprocessing)[None])["fc7"]
+    ref = x.numpy()
+    assert got.shape == ref.shape and np.abs(ref).max() > 0
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())

@@ -103,6 +103,44 @@ def test_converted_vgg16_gives_torchs_scores(tmp_path, legacy):
                                      "std": [0.229, 0.224, 0.225]}
 
 
+def fcn_body_in_torch(model, x):
+    """torch's oracle for minifcn's FCN body on a torchvision VGG16: conv1_1 padded by 100, pools rounding up
+    (Caffe's), fc6 / fc7 as the classifier's weights reshaped to 7x7 / 1x1 convolutions. x (1, 3, H, W) -> fc7."""
+    F = torch.nn.functional
+    with torch.no_grad():
+        first = True
+        for m in model.features:
+            if isinstance(m, nn.Conv2d):
+                x, first = F.conv2d(x, m.weight, m.bias, padding=100 if first else 1), False
+            elif isinstance(m, nn.MaxPool2d):
+                x = F.max_pool2d(x, 2, 2, ceil_mode=True)
+            else:
+                x = F.relu(x)
+        fc6, fc7 = model.classifier[0], model.classifier[3]
+        x = F.relu(F.conv2d(x, fc6.weight.reshape(fc6.out_features, -1, 7, 7), fc6.bias))
+        return F.relu(F.conv2d(x, fc7.weight[:, :, None, None], fc7.bias)).numpy()
+
+
+def test_an_image_reaches_fc7_as_torch_computes_it_with_torchvisions_preprocessing(tmp_path):
+    """From a uint8 RGB image to fc7: an FCN started from a converted torchvision file applies the file's own
+    preprocessing (RGB in [0, 1], ImageNet mean and std, not the Caffe default), keeps it through net.save and
+    models.load (what train writes and evaluate / predict read), and computes torch's VGG16 on what torchvision's
+    ToTensor and Normalize make of the same image."""
+    from minifcn import models
+    from minifcn.data import preprocess
+    model = saved_vgg16(tmp_path / "vgg16.pth")
+    assert convert([str(tmp_path / "vgg16.pth"), str(tmp_path / "vgg16.npz")]) == 0
+    image = np.random.default_rng(0).integers(0, 256, (45, 38, 3), dtype=np.uint8)        # H x W x RGB, as read
+    t = torch.from_numpy(image).permute(2, 0, 1).float() / 255                            # ToTensor
+    t = (t - torch.tensor([0.485, 0.456, 0.406])[:, None, None]) / torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    ref = fcn_body_in_torch(model, t[None])                                               # Normalize, then the body
+    net = models.build("fcn32s", num_classes=3, backbone="vgg16-tiny", init=tmp_path / "vgg16.npz")
+    net.save(tmp_path / "best.npz")
+    net = models.load(tmp_path / "best.npz")
+    got = net.body.forward(preprocess(image, net.preprocessing)[None])["fc7"]
+    assert got.shape == ref.shape and rel(got, ref) < 1e-4, rel(got, ref)
+
+
 @pytest.mark.slow
 def test_full_size_vgg16(tmp_path):
     """The real shapes: fc6 (4096, 25088) -> (4096, 512, 7, 7); 138 M parameters, 528 MiB."""
