@@ -1,6 +1,8 @@
 """Data parallelism on the CPU: worker processes that share every batch, the way frameworks scale training.
 
-Why it pays here: the tiny VGG16's layers have 4 to 32 channels, too few for OpenBLAS to keep a second
+Legend:  R workers (ranks 0..R-1), N images in a batch, P numbers in all the parameters together.
+
+Why it pays here: the tiny VGG16's convolutions have 4 to 32 channels, too few for OpenBLAS to keep a second
 core busy, so most of a training step is NumPy passes over memory on one core (with one OpenBLAS thread
 or two, the bare run's step takes about the same time). Two processes with half of the batch each, one
 OpenBLAS thread each, take a step in about 0.6 of the time (benchmarks/RESULTS.md). The full VGG16
@@ -33,6 +35,7 @@ the whole batch up to float rounding; dropout masks differ (each worker draws it
 import multiprocessing as mp
 import os
 import traceback
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -65,6 +68,22 @@ def views(block, places, dtype):
     return {k: flat[o:o + int(np.prod(shape))].reshape(shape) for k, (o, shape) in places.items()}
 
 
+@contextmanager
+def _one_blas_thread_in_children():
+    """Inside the block, THREAD_VARIABLES are "1", so that each child process started there runs one BLAS thread
+    (a child reads them once, at start-up); afterwards this process's own settings are put back."""
+    saved = {v: os.environ.get(v) for v in THREAD_VARIABLES}
+    os.environ.update({v: "1" for v in THREAD_VARIABLES})
+    try:
+        yield
+    finally:
+        for v, old in saved.items():
+            if old is None:
+                del os.environ[v]
+            else:
+                os.environ[v] = old
+
+
 class DataParallel:
     """R worker processes, each with a replica of `net` whose parameters are shared with it (see the top)."""
 
@@ -85,32 +104,26 @@ class DataParallel:
             net.params[key] = view               # the trainer's net (and its optimiser) now update the block
         grad_blocks = [ctx.RawArray(ctype, total) for _ in range(workers)]       # R x (P,) gradients
         self.grads = [views(block, self.places, self.dtype) for block in grad_blocks]
+        # what models.build needs to make the same net (its weights then come from the shared block)
         config = {k: v for k, v in net.config().items() if k in ("num_classes", "backbone", "width", "dropout",
                                                                  "learnable_upsampling")}
         self.pipes, self.processes = [], []
-        saved = {v: os.environ.get(v) for v in THREAD_VARIABLES}
-        os.environ.update({v: "1" for v in THREAD_VARIABLES})                  # read by each child at start-up
-        try:
-            for rank in range(workers):
-                mine, theirs = ctx.Pipe()
-                proc = ctx.Process(target=_worker, daemon=True, name=f"minifcn-worker-{rank}",
-                                   args=(net.arch, config, self.places, self.dtype, self.trainable, param_block,
-                                         grad_blocks[rank], theirs))
-                self.pipes.append(mine)
-                self.processes.append(proc)
-                proc.start()
-                theirs.close()
-            for rank in range(workers):
-                self._answer(rank)               # "ready", or the worker's error
-        except BaseException:
-            self.close()
-            raise
-        finally:
-            for v, old in saved.items():         # this process's own settings, as they were
-                if old is None:
-                    del os.environ[v]
-                else:
-                    os.environ[v] = old
+        with _one_blas_thread_in_children():
+            try:
+                for rank in range(workers):
+                    mine, theirs = ctx.Pipe()
+                    proc = ctx.Process(target=_worker, daemon=True, name=f"minifcn-worker-{rank}",
+                                       args=(net.arch, config, self.places, self.dtype, self.trainable, param_block,
+                                             grad_blocks[rank], theirs))
+                    self.pipes.append(mine)
+                    self.processes.append(proc)
+                    proc.start()
+                    theirs.close()               # the child's end: only the child holds it open now
+                for rank in range(workers):
+                    self._answer(rank)           # "ready", or the worker's error
+            except BaseException:
+                self.close()
+                raise
 
     @property
     def workers(self):
@@ -155,6 +168,7 @@ class DataParallel:
         return loss, grads
 
     def _answer(self, rank):
+        """Worker rank's next reply, less its "ok" or "ready"; its error, or its death, is raised here."""
         try:
             reply = self.pipes[rank].recv()
         except (EOFError, OSError):                  # closed, or reset by a killed worker
@@ -167,6 +181,7 @@ class DataParallel:
         return reply[1:]
 
     def _stopped(self, rank):
+        """The error to raise for a worker that is gone (waits a second for its exit code)."""
         self.processes[rank].join(timeout=1)
         return RuntimeError(f"data-parallel worker {rank} stopped (exit code {self.processes[rank].exitcode}); "
                             "run with --workers 1 to see the error in this process")
@@ -202,7 +217,7 @@ def _worker(arch, config, places, dtype, trainable, param_block, grad_block, pip
         net = models.build(arch, **config)
         for key, view in views(param_block, places, dtype).items():
             net.params[key] = view
-        net.input_grad = False
+        net.input_grad = False                   # the image needs no gradient
         grads = views(grad_block, places, dtype)
         dropouts = [layer for layer in net.layers if isinstance(layer, Dropout) and layer.p > 0]
         np.seterr(over="ignore", invalid="ignore")   # a diverging loss: the trainer stops and explains, no warnings first
