@@ -226,6 +226,20 @@ def test_a_torch_zip_or_another_zip_is_not_taken_for_an_npz(tmp_path):
         load_npz(tmp_path / "w.h5")
 
 
+def test_the_convert_command_suggested_for_a_path_with_spaces_runs_as_pasted(tmp_path):
+    """--init 'my weights.h5' (not converted yet): the command in the message must quote both paths, or the shell
+    splits them into four arguments; pasted into a shell, it converts the file."""
+    import shlex
+    tiny_caffemodel(tmp_path / "my vgg16.caffemodel")
+    with pytest.raises(ValueError) as e:
+        load_npz(tmp_path / "my vgg16.caffemodel")
+    command = str(e.value).split("convert it first: ")[1]
+    argv = shlex.split(command)
+    assert argv[:3] == ["python", "-m", "minifcn.convert"]
+    assert argv[3:] == [str(tmp_path / "my vgg16.caffemodel"), str(tmp_path / "my vgg16.npz")]
+    assert convert(argv[3:]) == 0 and load_npz(tmp_path / "my vgg16.npz")[1]["source"] == "caffe"
+
+
 def test_a_run_folder_is_not_a_weight_file(tmp_path):
     with pytest.raises(IsADirectoryError, match=r"is a folder, not a weight file; give the \.npz file itself"):
         load_npz(tmp_path)

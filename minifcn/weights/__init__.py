@@ -16,6 +16,7 @@ Trained FCN caffemodels add "num_classes", "backbone" and "width", and "arch" na
 """
 import json
 import os
+import shlex
 import zipfile
 
 import numpy as np
@@ -156,7 +157,7 @@ def _check_npz(path):
         raise FileNotFoundError(f"weight file {path!r} does not exist")
     with open(path, "rb") as f:
         head = f.read(8)
-    convert = f"python -m minifcn.convert {path} {os.path.splitext(path)[0]}.npz"
+    convert = f"python -m minifcn.convert {shlex.quote(path)} {shlex.quote(os.path.splitext(path)[0] + '.npz')}"
     if not head:
         raise ValueError(f"{_corrupt(path)} (it is empty)")
     if head.startswith(b"\x93NUMPY"):
