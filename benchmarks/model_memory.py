@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from minifcn.models import build  # noqa: E402
+from minifcn.models import ARCHITECTURES, BACKBONES, build  # noqa: E402
 
 MB = 1024 ** 2
 
@@ -71,8 +71,8 @@ def peak(step):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arch", default="fcn8s", help="fcn32s, fcn16s, fcn8s or fcn8s-atonce (default fcn8s)")
-    ap.add_argument("--backbone", default="vgg16", help="vgg16 or vgg16-tiny (default vgg16)")
+    ap.add_argument("--arch", default="fcn8s", choices=list(ARCHITECTURES), help="fcn32s, fcn16s, fcn8s or fcn8s-atonce (default fcn8s)")
+    ap.add_argument("--backbone", default="vgg16", choices=list(BACKBONES), help="vgg16 or vgg16-tiny (default vgg16)")
     ap.add_argument("--size", type=int, default=500, help="the input's side in pixels (default 500)")
     ap.add_argument("--classes", type=int, default=21, help="score channels (default 21, PASCAL VOC's)")
     ap.add_argument("--count-only", action="store_true", help="skip the tracemalloc runs of inference and backward")

@@ -108,3 +108,11 @@ def test_ops_times_each_kind_of_op_at_a_toy_size(monkeypatch, capsys):
         assert kind in ops._fmt(row)
     table = ops._table(rows).splitlines()
     assert len(table) == 2 + len(cases) and all(line.count("|") == 10 for line in table)
+
+
+@pytest.mark.parametrize("option", [("--arch", "fcn8"), ("--backbone", "vgg19")])
+def test_model_memory_refuses_an_unknown_net_before_building_it(option):
+    """A typo used to end in a traceback from models.build; now argparse names the choices."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "model_memory.py"), *option],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr, proc.stderr
