@@ -407,6 +407,9 @@ def test_a_features_only_or_classifier_only_file_says_what_it_lacks(tmp_path):
     with pytest.raises(ValueError, match=r"e\.pth.*no convolutions.*features\.0\.weight is the first missing.*"
                                          r"classifier alone"):
         read_vgg16(edited(tmp_path, lambda sd: [sd.pop(k) for k in list(sd) if k.startswith("features")]))
+    torch.save(TorchVGG16(**TINY).features.state_dict(), tmp_path / "features.pth")     # keys "0.weight", ...
+    with pytest.raises(ValueError, match=r"features\.pth.*no classifier.*'classifier\.0\.weight'.*features-only"):
+        read_vgg16(tmp_path / "features.pth")
 
 
 def test_failed_conversion_leaves_no_dst(tmp_path, capsys):
