@@ -32,8 +32,18 @@ step() {   # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NA
     echo "== $name: exit $status (124: timed out)" | tee -a "$OUT/$name.txt"
 }
 
-{ nvidia-smi -L; python3 -c "import cupy, numpy, pytest, hypothesis, torch
-print('cupy', cupy.__version__, 'numpy', numpy.__version__, 'torch', torch.__version__)"
+case "${1:-all}" in
+  all|tests|bench) ;;
+  *) echo "usage: bash benchmarks/gpu_session.sh [all|tests|bench]" >&2; exit 2 ;;
+esac
+
+# the device machine comes without PyTorch (and without a network to install it): its columns are then nan
+{ nvidia-smi -L; python3 -c "import cupy, numpy, pytest, hypothesis
+try:
+    import torch; t = torch.__version__
+except ImportError:
+    t = 'not installed: the PyTorch columns will be nan'
+print('cupy', cupy.__version__, 'numpy', numpy.__version__, 'torch', t)"
   echo "CUPY_TF32=${CUPY_TF32:-unset (off)}"; } >"$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt"
 
@@ -61,8 +71,4 @@ case "${1:-all}" in
   all) tests; bench ;;
   tests) tests ;;
   bench) bench ;;
-  *)
-    echo "usage: bash benchmarks/gpu_session.sh [all|tests|bench]" >&2
-    exit 2
-    ;;
 esac

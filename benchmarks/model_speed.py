@@ -16,7 +16,8 @@ read a row (BACKBONE @ SIZE, an image of SIZE x SIZE):
             faster or smaller. Peak MiB on the CPU is the worker process's max RSS (Python, the net, the
             timed runs: everything), on a GPU the allocator's peak.
   nan       not measured: the training columns with --no-train, and every column of a framework whose
-            process failed (its error is printed above the table; PyTorch without CUDA on --device gpu).
+            process failed (its error is printed above the table; PyTorch without CUDA on --device gpu,
+            or not installed at all, as on the lent GPU machines).
   last      the inference time per pixel of the padded input, (H + 198) x (W + 198), which is what every
             layer sees after conv1_1's 100-pixel pad, in ns: run the cases vgg16@256 vgg16@512 vgg16@1024
             with --no-train to see whether cost grows linearly with the pixels.
@@ -28,7 +29,7 @@ of one run, not seconds across runs.
 minifcn's time per layer (forward and backward of one training step, or forward alone with
 --no-train): where the time goes.
 --append adds the table to benchmarks/RESULTS.md with the date, the machine and the command (not when a
-case has no figures).
+case has no minifcn figures; missing PyTorch figures are said in the entry).
 """
 import argparse
 import datetime
@@ -208,7 +209,10 @@ def spawn(framework, case, args):
         filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})      # this checkout first, the caller's path kept
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode or not lines:
-        print(f"{framework} {case} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
+        if "No module named 'torch'" in proc.stderr:        # the GPU machine of these sessions has no PyTorch
+            print(f"{case}: PyTorch is not installed here, so its columns are nan", file=sys.stderr)
+        else:
+            print(f"{framework} {case} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
         return None
     return json.loads(lines[-1][len("RESULT "):])
 
@@ -238,13 +242,16 @@ def main():
             print(_profile(case, mine["profile"]))
     table = _table(rows)
     print("\n" + table)
-    failed = [case for case, mine, theirs in rows if mine is None or theirs is None]
+    failed = [case for case, mine, theirs in rows if mine is None]       # minifcn's figures are what RESULTS needs
+    no_torch = [case for case, mine, theirs in rows if theirs is None]
     if args.append and failed:
         print(f"not appended to RESULTS.md: no figures for {', '.join(failed)} (see the errors above)", file=sys.stderr)
     elif args.append:
         machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
         header = (f"\n## model_speed, {datetime.date.today()}, {args.device} ({machine}, numpy {np.__version__})\n\n"
-                  f"`python benchmarks/model_speed.py {' '.join(sys.argv[1:])}`\n\n")
+                  f"`python benchmarks/model_speed.py {' '.join(sys.argv[1:])}`"
+                  + (f" (no PyTorch figures for {', '.join(no_torch)}: see the run's errors)" if no_torch else "")
+                  + "\n\n")
         with open(Path(__file__).with_name("RESULTS.md"), "a") as f:
             f.write(header + table + "\n")
 

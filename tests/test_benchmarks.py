@@ -116,3 +116,21 @@ def test_model_memory_refuses_an_unknown_net_before_building_it(option):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "model_memory.py"), *option],
                           capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert proc.returncode == 2 and "invalid choice" in proc.stderr, proc.stderr
+
+
+def test_model_speed_without_pytorch_still_gives_minifcn_figures(tmp_path):
+    """The lent GPU machines have no PyTorch: its columns are nan, said in one line, minifcn's are measured."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class NoTorch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'torch':\n"
+        "            raise ModuleNotFoundError(\"No module named 'torch'\")\n"
+        "sys.meta_path.insert(0, NoTorch())\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "model_speed.py"), "--cases", "vgg16-tiny@48",
+                           "--repeat", "1"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "PyTorch is not installed here" in proc.stderr and "Traceback" not in proc.stderr
+    inference, step = minifcn_columns(proc.stdout, "vgg16-tiny @ 48")
+    assert inference > 0 and step > 0
