@@ -104,6 +104,20 @@ def test_format_option_overrides_detection(tmp_path, capsys):
     assert not (tmp_path / "b.npz").exists()
 
 
+def test_a_wrong_format_option_is_named_not_blamed_on_the_file(tmp_path, capsys):
+    """--format that contradicts the file's first bytes: the reader's 'truncated or corrupt; download it again'
+    would send the user to download 500 MB again; the message leads with the format instead."""
+    tiny_caffemodel(tmp_path / "VGG_ILSVRC_16_layers.caffemodel")
+    assert convert([str(tmp_path / "VGG_ILSVRC_16_layers.caffemodel"), str(tmp_path / "a.npz"), "--format", "keras"]) == 2
+    err = capsys.readouterr().err
+    assert "layers.caffemodel' looks like a caffe file, not keras: leave --format out, or pass --format caffe" in err
+    (tmp_path / "vgg16.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
+    assert convert([str(tmp_path / "vgg16.h5"), str(tmp_path / "a.npz"), "--format", "caffe"]) == 2
+    err = capsys.readouterr().err
+    assert "vgg16.h5' looks like a keras file, not caffe" in err and "(The caffe reader said: " in err
+    assert not (tmp_path / "a.npz").exists()
+
+
 def test_failures_leave_dst_as_it_was(tmp_path, capsys, monkeypatch):
     dst = tmp_path / "vgg16.npz"
     dst.write_bytes(b"an older file")                  # not one convert wrote: replaced only with --overwrite

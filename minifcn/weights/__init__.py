@@ -68,20 +68,27 @@ def read_weights(path, format="auto"):
     if format not in ("auto",) + FORMATS:
         raise ValueError(f"format must be 'auto' or one of {FORMATS}, got {format!r}")
     source = detect_format(path) if format == "auto" else format
-    if source == "caffe":
-        try:
-            params, arch = caffe.read_net(path)
-        except ValueError as e:
-            if format == "auto" and not path.lower().endswith(".caffemodel"):   # caffe was only the last guess
-                raise ValueError(f"{path!r}: format not recognised. convert reads torchvision .pth / .pt (a zip or a "
-                                 "pickle), Caffe .caffemodel (protobuf) and Keras .h5 (HDF5) files; if this is one of "
-                                 "them under another name, say which with --format" + _text_hint(path)) from e
-            raise
-    else:
-        params, arch = (torchvision if source == "torchvision" else keras).read_vgg16(path), {"arch": "vgg16"}
+    try:
+        params, arch = _read(path, source)
+    except ValueError as e:
+        if format == "auto" and source == "caffe" and not path.lower().endswith(".caffemodel"):   # the last guess
+            raise ValueError(f"{path!r}: format not recognised. convert reads torchvision .pth / .pt (a zip or a "
+                             "pickle), Caffe .caffemodel (protobuf) and Keras .h5 (HDF5) files; if this is one of "
+                             "them under another name, say which with --format" + _text_hint(path)) from e
+        if format != "auto" and (detected := detect_format(path)) != format:   # the reader blames the file, not --format
+            raise ValueError(f"{path!r} looks like a {detected} file, not {format}: leave --format out, or pass "
+                             f"--format {detected}. (The {format} reader said: {e})") from e
+        raise
     meta = {"format": FORMAT, **arch, "source": source, "source_file": os.path.basename(path),
             "preprocessing": dict(PREPROCESSING[source])}
     return params, meta
+
+
+def _read(path, source):
+    """-> (params, arch) by the reader of `source`; only Caffe's also reads trained FCNs."""
+    if source == "caffe":
+        return caffe.read_net(path)
+    return (torchvision if source == "torchvision" else keras).read_vgg16(path), {"arch": "vgg16"}
 
 
 def _text_hint(path):
