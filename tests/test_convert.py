@@ -254,6 +254,18 @@ def test_the_convert_command_suggested_for_a_path_with_spaces_runs_as_pasted(tmp
     assert convert(argv[3:]) == 0 and load_npz(tmp_path / "my vgg16.npz")[1]["source"] == "caffe"
 
 
+def test_a_keras_3_archive_is_named(tmp_path, capsys):
+    """A .keras file is a zip (config.json, metadata.json, model.weights.h5), so it is first taken for torch's."""
+    import zipfile
+    with zipfile.ZipFile(tmp_path / "vgg16.keras", "w") as z:
+        for name in ("metadata.json", "config.json", "model.weights.h5"):
+            z.writestr(name, b"{}")
+    assert convert([str(tmp_path / "vgg16.keras"), str(tmp_path / "x.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "not a torch.save file" in err and "'model.weights.h5']): a Keras 3 .keras archive" in err
+    assert "vgg16_weights_tf_dim_ordering_tf_kernels.h5" in err
+
+
 def test_a_run_folder_is_not_a_weight_file(tmp_path):
     with pytest.raises(IsADirectoryError, match=r"is a folder, not a weight file; give the \.npz file itself"):
         load_npz(tmp_path)

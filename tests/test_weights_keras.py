@@ -148,6 +148,20 @@ def test_vgg19_and_a_notop_file_say_what_they_are(tmp_path, rng):
         read_vgg16(tmp_path / "notop.h5")
 
 
+def test_other_hdf5_weight_files_say_what_to_convert_instead(tmp_path):
+    """Keras 3's model.save_weights (groups layers/<name>/vars/<i>, no layer_names) and Caffe's HDF5 snapshots
+    (data/<layer>/<i>) are HDF5 too; each is named, with the file minifcn reads instead."""
+    with h5py.File(tmp_path / "vgg16.weights.h5", "w") as f:
+        f["layers/block1_conv1/vars/0"] = np.zeros((3, 3, 3, 4), np.float32)
+    with pytest.raises(ValueError, match=r"vgg16\.weights\.h5.*without the 'layer_names' attribute \(it holds \['layers'\]\)"
+                                         r".*Keras 3's model\.save_weights.*vgg16_weights_tf_dim_ordering_tf_kernels\.h5"):
+        read_weights(tmp_path / "vgg16.weights.h5")
+    with h5py.File(tmp_path / "snapshot.caffemodel.h5", "w") as f:
+        f["data/conv1_1/0"] = np.zeros((4, 3, 3, 3), np.float32)
+    with pytest.raises(ValueError, match=r"snapshot\.caffemodel\.h5.*Caffe's HDF5 snapshot.*binary \.caffemodel"):
+        read_weights(tmp_path / "snapshot.caffemodel.h5")
+
+
 def test_missing_h5py_says_how_to_install(tmp_path, monkeypatch, rng):
     write_keras_h5(tmp_path / "k.h5", keras_weights(rng))
     monkeypatch.setitem(__import__("sys").modules, "h5py", None)

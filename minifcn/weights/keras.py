@@ -23,7 +23,7 @@ import re
 
 import numpy as np
 
-from .vgg16 import BLOCKS, CONVS, check_depth, finish
+from .vgg16 import BLOCKS, CONVS, KERAS_APPLICATIONS, check_depth, finish
 
 NAMES = {f"block{b}_conv{i}": f"conv{b}_{i}" for b, n in BLOCKS for i in range(1, n + 1)}
 NAMES.update(fc1="fc6", fc2="fc7", predictions="fc8")
@@ -44,6 +44,17 @@ def _text(v):
     return v.decode("utf-8") if isinstance(v, bytes) else str(v)
 
 
+def _what_else(root):
+    """For an HDF5 file without Keras 2's layout: what it may be, and what to convert instead."""
+    if "layers" in root or "vars" in root:
+        return ("groups like those of Keras 3's model.save_weights (.weights.h5), a layout minifcn does not read; "
+                + KERAS_APPLICATIONS)
+    if "data" in root:
+        return ("Caffe's HDF5 snapshot (.caffemodel.h5)? minifcn reads Caffe's binary .caffemodel (snapshot_format: "
+                "BINARYPROTO), such as VGG_ILSVRC_16_layers.caffemodel")
+    return f"not Keras weights; {KERAS_APPLICATIONS}"
+
+
 def read_h5(path):
     """A Keras weight file -> {layer name: [arrays in weight_names order]} for every layer with weights."""
     h5py = _h5py()
@@ -55,7 +66,8 @@ def read_h5(path):
     with f:
         root = f["model_weights"] if "model_weights" in f else f
         if "layer_names" not in root.attrs:
-            raise ValueError(f"{where}: an HDF5 file without the 'layer_names' attribute: not Keras weights")
+            raise ValueError(f"{where}: an HDF5 file without the 'layer_names' attribute (it holds {sorted(root)[:6]}): "
+                             + _what_else(root))
         out = {}
         for layer in map(_text, root.attrs["layer_names"]):
             try:

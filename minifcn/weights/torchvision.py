@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .vgg16 import BLOCKS, CONVS, check_depth, finish
+from .vgg16 import BLOCKS, CONVS, KERAS_APPLICATIONS, check_depth, finish
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
@@ -214,7 +214,10 @@ def _read_zip(path, where):
     with zf:
         pkls = [n for n in zf.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
         if len(pkls) != 1:
-            raise ValueError(f"{where}: a zip, but not a torch.save file (no '<archive>/data.pkl' in it)")
+            keras = f": a Keras 3 .keras archive, which minifcn does not read; {KERAS_APPLICATIONS}" \
+                if "model.weights.h5" in zf.namelist() else ""
+            raise ValueError(f"{where}: a zip, but not a torch.save file (no '<archive>/data.pkl' in it; it holds "
+                             f"{zf.namelist()[:4]}){keras}")
         prefix = pkls[0][:-len("data.pkl")]
         names = set(zf.namelist())
         big = prefix + "byteorder" in names and zf.read(prefix + "byteorder").strip() == b"big"

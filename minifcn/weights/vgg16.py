@@ -103,6 +103,8 @@ def finish(params, where, names=None):
 
 FULL_FILES = ("the full file (torchvision's vgg16-397923af.pth, Caffe's VGG_ILSVRC_16_layers.caffemodel, "
               "Keras' vgg16_weights_tf_dim_ordering_tf_kernels.h5)")
+KERAS_APPLICATIONS = ("convert the Keras Applications file vgg16_weights_tf_dim_ordering_tf_kernels.h5 instead "
+                      "(keras.applications.VGG16(weights='imagenet') downloads it into ~/.keras/models/)")
 OTHER_DEPTHS = {8: "VGG11", 10: "VGG13", 16: "VGG19"}            # convolutions -> net
 
 
