@@ -57,7 +57,7 @@ from .backend import check_inputs, is_cupy, pair, xp_of
 from .im2col import _geometry, _is_pointwise
 from . import gpu_kernels, winograd
 
-ENABLED = True
+ENABLED = True       # the layers take these fast paths (False: minifcn.ops' plain ones; see disabled())
 PLATEAU = True       # VGG16's first stages leave out most of conv1_1's 100-pixel pad (minifcn.plateau)
 BLOCK = 1 << 21      # floats in one band of columns (8 MiB in float32): fits a last-level cache, and is
                      # wide enough for BLAS to run at full speed

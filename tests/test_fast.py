@@ -201,6 +201,9 @@ def test_relu_in_place_overwrites_its_input_and_its_gradient():
     dx = fast.relu_backward_inplace(d_in, cache)
     assert dx is d_in
     np.testing.assert_array_equal(dx, ops.relu_backward(dout, mask))
+    # the caches differ (the output, the mask x > 0) but pair across: each backward reads either
+    np.testing.assert_array_equal(ops.relu_backward(dout, cache), dx)
+    np.testing.assert_array_equal(fast.relu_backward_inplace(dout.copy(), mask), dx)
 
 
 @pytest.mark.parametrize("winograd_from", [None, 1])
