@@ -490,9 +490,9 @@ def conv_transpose2d_backward(dout, cache, weight_grad=True):
 def conv_transpose2d_window_forward(x, W, b, stride, pad, offset, size):
     """conv_transpose2d_forward followed by ops.crop_forward(out, offset, size), in one: out (N, C_out, h, w),
     cache = (conv_transpose2d's cache, the crop's cache, mats). FCN's last upsampling paints more than the
-    image (FCN-32s's upscore 32h + 32 rows from h, FCN-8s's upscore8 8h + 8), of which the crop keeps the
-    image's H x W; for the bilinear upsampling only that window is computed (FCN-8s at 160x160: 160^2 of
-    248^2 pixels)."""
+    image, (N, classes, 32h + 32, .) in FCN-32s and 32h + 56 rows in FCN-8s (h: fc7's height, as in
+    minifcn.models.fcn), of which the crop keeps the image's H x W; for the bilinear upsampling only that
+    window is computed (FCN-8s at 160x160: 160^2 of 248^2 pixels)."""
     out, cache, mats = _transposed_forward(x, W, b, stride, pad, (offset, size))
     full = conv_transpose2d_output_shape(x.shape, W.shape, stride, pad)
     return out, (cache, (full, *pair(offset)), mats)
