@@ -15,12 +15,15 @@ Nothing in SRC is ever run: see minifcn/weights/.
 import argparse
 import json
 import os
+import shlex
+import sys
 import time
 import zipfile
 
 import numpy as np
 
 from . import cli
+from .models.vgg import BLOCKS, FC, scaled
 from .weights import FORMATS, META_KEY, read_weights, save_npz
 
 
@@ -50,7 +53,24 @@ def main(argv=None):
     print(f"  fc6.W {tuple(params['fc6.W'].shape)}, fc7.W {tuple(params['fc7.W'].shape)}"
           + (f", fc8.W {tuple(params['fc8.W'].shape)}" if "fc8.W" in params else ""))
     print(f"  preprocessing: {pre['channel_order']}, input 0-{pre['scale']:g}, mean {pre['mean']}, std {pre['std']}")
+    print(f"next: {_next_command(args.dst, params, meta)}", file=sys.stderr)
     return 0
+
+
+def _next_command(dst, params, meta):
+    """The command that uses DST: train from it, with the --backbone (and --width) its channel counts fit, or, for
+    a trained FCN, predict with it."""
+    dst = shlex.quote(dst)
+    if meta["arch"] != "vgg16":
+        return f"python -m minifcn.predict {dst} IMAGE... --out DIR   (or evaluate it on the dataset it was trained for)"
+    width = params["conv1_1.W"].shape[0] / 64                   # VGG16's conv1_1 has 64 channels
+    channels = [(f"conv{b}_{i}", c) for b, n, c in BLOCKS for i in range(1, n + 1)] + [("fc6", FC), ("fc7", FC)]
+    if any(params[f"{layer}.W"].shape[0] != scaled(c, width) for layer, c in channels):
+        return (f"none: its channel counts are no VGG16's at any width (conv1_1 {params['conv1_1.W'].shape[0]}, "
+                f"fc6 {params['fc6.W'].shape[0]}), so no FCN of minifcn's can start from it")
+    body = ("--backbone vgg16" if width == 1 else "--backbone vgg16-tiny" if width == 1 / 16
+            else f"--backbone vgg16 --width {width:g}")
+    return f"python -m minifcn.train {body} --model fcn32s --init {dst} ..."
 
 
 def _meta(path):

@@ -78,6 +78,23 @@ def test_cli_end_to_end(tmp_path):
         assert f[META_KEY].shape == () and json.loads(str(f[META_KEY]))["source"] == "caffe"
 
 
+def test_convert_ends_with_the_command_that_uses_its_output(tmp_path, capsys):
+    """The --backbone the file fits (its channel counts), the path quoted as a shell needs it; and it is checked:
+    the suggested train command accepts the file."""
+    import shlex
+    from minifcn import models
+    tiny_caffemodel(tmp_path / "w.caffemodel", fc=256)                                   # vgg16-tiny's widths
+    assert convert([str(tmp_path / "w.caffemodel"), str(tmp_path / "my vgg16.npz")]) == 0
+    line = capsys.readouterr().err.strip()
+    assert line == f"next: python -m minifcn.train --backbone vgg16-tiny --model fcn32s --init " \
+                   f"{shlex.quote(str(tmp_path / 'my vgg16.npz'))} ..."
+    argv = shlex.split(line)
+    models.build("fcn32s", backbone="vgg16-tiny", init=argv[argv.index("--init") + 1])
+    tiny_caffemodel(tmp_path / "odd.caffemodel", fc=16)                                  # conv1_1 1/16, fc6 not
+    assert convert([str(tmp_path / "odd.caffemodel"), str(tmp_path / "odd.npz")]) == 0
+    assert "next: none: its channel counts are no VGG16's at any width (conv1_1 4, fc6 16)" in capsys.readouterr().err
+
+
 def test_help():
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     run = subprocess.run([sys.executable, "-m", "minifcn.convert", "--help"], capture_output=True, text=True, env=env)
