@@ -392,6 +392,17 @@ def test_a_state_dict_in_a_checkpoint_or_with_a_wrappers_prefix_converts(tmp_pat
     check_against_torch(model, tmp_path / "vgg16.npz")
 
 
+def test_parameters_saved_as_parameters_convert(tmp_path):
+    """state_dict(keep_vars=True) pickles nn.Parameters (torch._utils._rebuild_parameter), and one with a Python
+    attribute set on it as _rebuild_parameter_with_state; both are their data."""
+    model = saved_vgg16(tmp_path / "plain.pth")
+    model.features[0].weight.note = "frozen"                   # an attribute: pickled with the Parameter's state
+    torch.save(model.state_dict(keep_vars=True), tmp_path / "vars.pth")
+    assert b"_rebuild_parameter_with_state" in zipfile.ZipFile(tmp_path / "vars.pth").read("vars/data.pkl")
+    assert convert([str(tmp_path / "vars.pth"), str(tmp_path / "vgg16.npz")]) == 0
+    check_against_torch(model, tmp_path / "vgg16.npz")
+
+
 @pytest.mark.parametrize("batch_norm", [False, True], ids=["vgg19", "vgg19_bn"])
 def test_another_vgg_depth_is_named(tmp_path, batch_norm):
     vgg19 = ((1, 2), (2, 2), (3, 4), (4, 4), (5, 4))

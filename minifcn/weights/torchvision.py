@@ -86,7 +86,8 @@ def _rebuild_tensor(storage, offset, size, stride, *unused):
 
 
 def _rebuild_parameter(data, *unused):
-    """Stand-in for torch._utils._rebuild_parameter: a Parameter is its data."""
+    """Stand-in for torch._utils._rebuild_parameter(_with_state): a Parameter is its data (requires_grad, hooks and
+    the Python attributes set on it, already unpickled under the same restrictions, are dropped)."""
     return data
 
 
@@ -106,7 +107,8 @@ class _LegacyTensor:
 SAFE_GLOBALS = {("collections", "OrderedDict"): collections.OrderedDict,
                 ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
                 ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-                ("torch._utils", "_rebuild_parameter"): _rebuild_parameter}
+                ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+                ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter}
 SAFE_GLOBALS.update({("torch", name): _StorageType(name) for name in STORAGE_DTYPES})
 SAFE_GLOBALS.update({("torch", name.replace("Storage", "Tensor")): _LegacyTensor for name in STORAGE_DTYPES})
 
