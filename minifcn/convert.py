@@ -62,7 +62,7 @@ def _next_command(dst, params, meta):
     a trained FCN, predict with it."""
     dst = shlex.quote(dst)
     if meta["arch"] != "vgg16":
-        return f"python -m minifcn.predict {dst} IMAGE... --out DIR   (or evaluate it on the dataset it was trained for)"
+        return f"python -m minifcn.predict {dst} IMAGE... --out DIR   (or evaluate it on its dataset)"
     width = params["conv1_1.W"].shape[0] / 64                   # VGG16's conv1_1 has 64 channels
     channels = [(f"conv{b}_{i}", c) for b, n, c in BLOCKS for i in range(1, n + 1)] + [("fc6", FC), ("fc7", FC)]
     if any(params[f"{layer}.W"].shape[0] != scaled(c, width) for layer, c in channels):

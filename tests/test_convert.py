@@ -125,7 +125,8 @@ def test_a_wrong_format_option_is_named_not_blamed_on_the_file(tmp_path, capsys)
     """--format that contradicts the file's first bytes: the reader's 'truncated or corrupt; download it again'
     would send the user to download 500 MB again; the message leads with the format instead."""
     tiny_caffemodel(tmp_path / "VGG_ILSVRC_16_layers.caffemodel")
-    assert convert([str(tmp_path / "VGG_ILSVRC_16_layers.caffemodel"), str(tmp_path / "a.npz"), "--format", "keras"]) == 2
+    src = str(tmp_path / "VGG_ILSVRC_16_layers.caffemodel")
+    assert convert([src, str(tmp_path / "a.npz"), "--format", "keras"]) == 2
     err = capsys.readouterr().err
     assert "layers.caffemodel' looks like a caffe file, not keras: leave --format out, or pass --format caffe" in err
     (tmp_path / "vgg16.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
@@ -323,8 +324,8 @@ def test_an_unknown_format_is_not_called_a_broken_caffemodel(tmp_path, capsys):
 
 def test_a_prototxt_given_for_the_weights_says_which_file_is_meant(tmp_path, capsys):
     """Caffe's tools take the net's .prototxt and its .caffemodel; convert takes the .caffemodel alone."""
-    (tmp_path / "VGG_ILSVRC_16_layers_deploy.prototxt").write_text('name: "VGG_ILSVRC_16_layers"\ninput: "data"\n'
-                                                                   'layers {\n  name: "conv1_1"\n  type: CONVOLUTION\n}\n')
+    text = 'name: "VGG_ILSVRC_16_layers"\ninput: "data"\nlayers {\n  name: "conv1_1"\n  type: CONVOLUTION\n}\n'
+    (tmp_path / "VGG_ILSVRC_16_layers_deploy.prototxt").write_text(text)
     assert convert([str(tmp_path / "VGG_ILSVRC_16_layers_deploy.prototxt"), str(tmp_path / "x.npz")]) == 2
     err = capsys.readouterr().err
     assert "format not recognised" in err and "It is text: a Caffe .prototxt" in err and "binary .caffemodel" in err

@@ -153,8 +153,9 @@ def test_other_hdf5_weight_files_say_what_to_convert_instead(tmp_path):
     (data/<layer>/<i>) are HDF5 too; each is named, with the file minifcn reads instead."""
     with h5py.File(tmp_path / "vgg16.weights.h5", "w") as f:
         f["layers/block1_conv1/vars/0"] = np.zeros((3, 3, 3, 4), np.float32)
-    with pytest.raises(ValueError, match=r"vgg16\.weights\.h5.*without the 'layer_names' attribute \(it holds \['layers'\]\)"
-                                         r".*Keras 3's model\.save_weights.*vgg16_weights_tf_dim_ordering_tf_kernels\.h5"):
+    with pytest.raises(ValueError, match=r"vgg16\.weights\.h5.*without the 'layer_names' attribute \(it holds "
+                                         r"\['layers'\]\).*Keras 3's model\.save_weights.*"
+                                         r"vgg16_weights_tf_dim_ordering_tf_kernels\.h5"):
         read_weights(tmp_path / "vgg16.weights.h5")
     with h5py.File(tmp_path / "snapshot.caffemodel.h5", "w") as f:
         f["data/conv1_1/0"] = np.zeros((4, 3, 3, 3), np.float32)

@@ -75,7 +75,7 @@ def read_weights(path, format="auto"):
             raise ValueError(f"{path!r}: format not recognised. convert reads torchvision .pth / .pt (a zip or a "
                              "pickle), Caffe .caffemodel (protobuf) and Keras .h5 (HDF5) files; if this is one of "
                              "them under another name, say which with --format" + _text_hint(path)) from e
-        if format != "auto" and (detected := detect_format(path)) != format:   # the reader blames the file, not --format
+        if format != "auto" and (detected := detect_format(path)) != format:   # the reader blamed the file
             raise ValueError(f"{path!r} looks like a {detected} file, not {format}: leave --format out, or pass "
                              f"--format {detected}. (The {format} reader said: {e})") from e
         raise

@@ -66,8 +66,8 @@ def read_h5(path):
     with f:
         root = f["model_weights"] if "model_weights" in f else f
         if "layer_names" not in root.attrs:
-            raise ValueError(f"{where}: an HDF5 file without the 'layer_names' attribute (it holds {sorted(root)[:6]}): "
-                             + _what_else(root))
+            raise ValueError(f"{where}: an HDF5 file without the 'layer_names' attribute (it holds "
+                             f"{sorted(root)[:6]}): " + _what_else(root))
         out = {}
         for layer in map(_text, root.attrs["layer_names"]):
             try:
@@ -84,7 +84,7 @@ def read_vgg16(path):
     """Keras' VGG16 .h5 -> minifcn VGG16 params (OIHW convolutions, fc layers as convolutions)."""
     where = repr(str(path))
     layers = read_h5(path)
-    check_depth(sum(re.fullmatch(r"block\d_conv\d+", k) is not None for k in layers), where)     # VGG19: block3_conv4, ...
+    check_depth(sum(re.fullmatch(r"block\d_conv\d+", k) is not None for k in layers), where)   # VGG19: block3_conv4
     unknown = [k for k in layers if k not in NAMES]
     if unknown:
         raise ValueError(f"{where}: layers that are not Keras VGG16's: {unknown[:8]} (expected "
