@@ -255,6 +255,17 @@ def test_default_preprocessing_is_caffe(tmp_path):
     assert load(net.save(tmp_path / "a.npz")).preprocessing == net.preprocessing
 
 
+def test_init_from_a_params_meta_pair_keeps_its_preprocessing(tmp_path):
+    # read_weights("vgg16.pth") answers (params, meta); given as init, torchvision's normalisation must come
+    # with the weights (a bare dict has no metadata, so the net keeps Caffe's BGR: the wrong input, silently)
+    body = {k: v for k, v in tiny("fcn32s", seed=3).params.items() if not k.startswith(("score", "upscore"))}
+    meta = {"arch": "vgg16", "preprocessing": models.TORCHVISION_PREPROCESSING}
+    net = build("fcn8s", num_classes=4, backbone="vgg16-tiny", init=(body, meta))
+    assert net.preprocessing == models.TORCHVISION_PREPROCESSING
+    np.testing.assert_array_equal(net.params["conv1_1.W"], body["conv1_1.W"])
+    assert build("fcn8s", num_classes=4, backbone="vgg16-tiny", init=body).preprocessing["channel_order"] == "BGR"
+
+
 def test_save_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "net.npz"
     tiny("fcn32s", seed=1).save(path)

@@ -196,14 +196,17 @@ class FCN:
         return save_npz(path, {**arrays, **extra}, {**self.config(), "extra": sorted(extra)})
 
     def load_weights(self, source, strict=False):
-        """Copy parameters from an .npz file, a dict {"<layer>.W": array} or another FCN; returns a LoadReport.
+        """Copy parameters from an .npz file, a dict {"<layer>.W": array}, a (params, meta) pair as
+        minifcn.weights.read_weights and load_npz return it, or another FCN; returns a LoadReport.
 
         Keys in both with one shape are copied, onto this net's device and dtype. strict=True: any other
         key (missing from the source, unknown to the net, or of another shape) raises a ValueError that
         lists them, and nothing is copied. strict=False is net surgery: FCN-16s from an FCN-32s file,
         FCN-8s from FCN-16s, any FCN from VGG16 weights; what did not match is only reported (the new
         score layers stay at zero, upsampling bilinear), and VGG16's classifier fc8 is ignored.
-        A "preprocessing" entry in the source's metadata replaces net.preprocessing.
+        A "preprocessing" entry in the source's metadata replaces net.preprocessing. A bare dict has no
+        metadata, so net.preprocessing stays as it was: pass the (params, meta) pair to keep, say,
+        torchvision's RGB normalisation with its weights.
         """
         return self._copy_in(*_read_source(source), strict)
 
@@ -477,8 +480,8 @@ def build(name, num_classes=21, backbone="vgg16", width=1.0, dropout=0.5, learna
 
     backbone: "vgg16" (the paper's) or "vgg16-tiny" (every channel count / 16, for CPU); width scales
     the channels further. dropout=0 turns dropout off. seed fixes the initial weights (He-normal in
-    the body, zero score layers, bilinear upsampling) and the dropout masks. init: a weight file or
-    dict to start from by net surgery (VGG16 weights, or the FCN one stage coarser); every VGG16
+    the body, zero score layers, bilinear upsampling) and the dropout masks. init: a weight file, a
+    dict or a (params, meta) pair (read_weights' answer) to start from by net surgery (VGG16 weights, or the FCN one stage coarser); every VGG16
     layer must be found in it. What was copied is in net.init_report.
     """
     if name not in ARCHITECTURES:
@@ -615,9 +618,12 @@ def _compare(params, arrays, where):
 
 
 def _read_source(source):
-    """-> ({key: array}, metadata dict, a name for messages) from an .npz path, a dict or an FCN."""
+    """-> ({key: array}, metadata dict, a name for messages) from an .npz path, a dict, a (params, meta) pair
+    or an FCN."""
     if isinstance(source, FCN):
         return dict(source.params), source.config(), f"{source.arch} net"
+    if isinstance(source, tuple) and len(source) == 2 and all(isinstance(s, dict) for s in source):
+        source = {**source[0], "__meta__": source[1]}          # what read_weights / load_npz return
     if isinstance(source, dict):
         arrays, meta, where = dict(source), source.get("__meta__", {}), "weights dict"
         arrays.pop("__meta__", None)
