@@ -33,6 +33,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import sys
 import time
 import zipfile
@@ -503,9 +504,11 @@ def main(argv=None):
     progress.newline()
     best_path = os.path.join(args.out, "best.npz")
     best_path = best_path if os.path.exists(best_path) else ckpt_path     # (a resumed run that has not improved)
+    q = shlex.quote                         # a path with a space stays one argument when the line is pasted
     print(f"done: {total} iterations; best val mean IU {state['best_mean_iu']:.4f}; checkpoint {ckpt_path}\n"
-          f"next: python -m minifcn.evaluate {best_path} --save-vis {os.path.join(args.out, 'vis')}   (metrics, "
-          f"pictures)\n      python -m minifcn.predict {best_path} IMAGE... --out {os.path.join(args.out, 'pred')}",
+          f"next: python -m minifcn.evaluate {q(best_path)} --save-vis {q(os.path.join(args.out, 'vis'))}"
+          f"   (metrics, pictures)\n"
+          f"      python -m minifcn.predict {q(best_path)} IMAGE... --out {q(os.path.join(args.out, 'pred'))}",
           file=sys.stderr)
     return 0
 

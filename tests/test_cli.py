@@ -36,14 +36,15 @@ def interrupt_in_iteration(n, monkeypatch):
 
 
 def test_train_writes_log_curves_and_checkpoints(tmp_path, capsys):
-    assert run_train(tmp_path, "--iters", "4", "--val-every", "2", "--checkpoint-every", "2") == 0
-    assert f"next: python -m minifcn.evaluate {tmp_path / 'best.npz'} --save-vis" in capsys.readouterr().err
-    records = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    out = tmp_path / "my runs"                  # the printed next commands must paste as they are: quoted
+    assert run_train(out, "--iters", "4", "--val-every", "2", "--checkpoint-every", "2") == 0
+    assert f"next: python -m minifcn.evaluate '{out / 'best.npz'}' --save-vis" in capsys.readouterr().err
+    records = [json.loads(line) for line in open(out / "log.jsonl")]
     assert [r["iter"] for r in records if "loss" in r] == [1, 2, 3, 4]
     assert [r["iter"] for r in records if "mean_iu" in r] == [2, 4]
     assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)
-    assert (tmp_path / "curves.png").exists() and (tmp_path / "best.npz").exists()
-    net = models.load(tmp_path / "checkpoint.npz")
+    assert (out / "curves.png").exists() and (out / "best.npz").exists()
+    net = models.load(out / "checkpoint.npz")
     assert net.arch == "fcn8s" and net.num_classes == 6
 
 
