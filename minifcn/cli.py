@@ -32,6 +32,9 @@ def run(main, prog):
     """main()'s exit status; for an error in the input, 'prog: error: message' on stderr and status 2."""
     try:
         return main()
+    except BrokenPipeError:                 # `python -m minifcn.x | head`: the reader stopped reading; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # (Python's exit flush would fail again)
+        return 1
     except Exception as e:
         if os.environ.get("MINIFCN_TRACEBACK") or not for_the_user(e):
             raise

@@ -261,6 +261,17 @@ def test_only_errors_meant_for_the_user_lose_their_traceback(capsys, monkeypatch
     assert cli.run(lambda: 0, "prog") == 0
 
 
+def test_output_piped_into_head_ends_quietly(monkeypatch, capfd):
+    """`python -m minifcn.gradcheck | head -1`: the reader closing the pipe is not an error to report."""
+    redirected = []
+    monkeypatch.setattr(cli.os, "dup2", lambda fd, to: redirected.append(to))     # not this test's real stdout
+
+    def main():
+        raise BrokenPipeError(32, "Broken pipe")
+    assert cli.run(main, "prog") == 1
+    assert capfd.readouterr().err == "" and redirected == [sys.stdout.fileno()]
+
+
 def test_a_dead_relu_layer_stops_training_with_advice(tmp_path, capsys, monkeypatch):
     """conv1_2 killed (every channel's input below zero everywhere): no gradient reaches conv1_1 again, so the first
     validation stops the run, naming the layer and the usual cure, and keeps best.npz."""
