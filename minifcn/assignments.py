@@ -18,6 +18,18 @@ at the block's indentation. The instructor's files (this one and grade.py, which
 cases) are left out, and so is fast.py, so that every layer of the student's nets runs the student's
 own ops. OUT/README.md tells the students what to write and how it is graded. Grade what comes back
 with `python -m minifcn.grade OUT/`.
+
+Adding an assignment (lessons/README.md, "Add an assignment", has the whole recipe with an example):
+  1. mark the solution blocks in the package, and say in each docstring everything the checks require
+     (shapes, dtypes, tie rules, what a cache holds): the block, its comments included, is stripped;
+  2. register it here, the one place: an entry in ASSIGNMENTS (key -> title, marked functions), its loop
+     specifications in SPECIFICATIONS (the handout's README names them; while graded they raise), and its
+     key in OPTIONAL if it is extra credit;
+  3. write its checks in grade.py with @check("A6", ...), after every existing check (a check's random
+     cases are drawn from its position: a check inserted earlier changes the hidden cases of all after it);
+  4. `python -m minifcn.assignments list` then says whether the markers, ASSIGNMENTS and the checks agree;
+     `python -m minifcn.grade --only A6` must give full marks, and on the `make` output zero; plant bugs in
+     tests/test_assignments.py and assert which checks each one fails.
 """
 import argparse
 import ast
@@ -33,7 +45,8 @@ PACKAGE = Path(__file__).resolve().parent
 INSTRUCTOR_ONLY = ("assignments.py", "grade.py", "fast.py")
 BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"
 
-# key -> (title, the marked functions "module:qualname"). grade.py holds each assignment's checks and points.
+# The registry: every assignment is listed here and nowhere else (grade.py holds each one's checks and points).
+# key -> (title, the marked functions "module:qualname"; a method is "models.fcn:FCN16s.forward").
 ASSIGNMENTS = {
     "A1": ("im2col and col2im", ["im2col:im2col", "im2col:col2im"]),
     "A2": ("convolution, forward and backward", ["ops.conv:conv2d_forward", "ops.conv:conv2d_backward"]),
@@ -47,6 +60,11 @@ ASSIGNMENTS = {
 # Extra credit: graded, but not in the total ("40 / 40 (+6 optional)"). On Gradescope, set the assignment's total
 # points to the required ones only.
 OPTIONAL = {"A5"}
+# The loop specifications ("module:name"), and the private helpers only they use: the students check their code
+# against them (the handout's README names the public ones), and while graded the student's copies raise, so
+# that a function that only calls its specification scores nothing.
+SPECIFICATIONS = ["im2col:im2col_naive", "im2col:col2im_naive", "im2col:_patch_entries",
+                  "ops.conv:conv2d_naive", "ops.conv:conv_transpose2d_naive"]
 
 
 def solution_blocks(path):
@@ -111,12 +129,31 @@ def marked_functions(package=PACKAGE):
 
 
 def check_markers(package=PACKAGE):
-    """Every listed function has a marked block and every marked block belongs to an assignment."""
+    """Every listed function has a marked block, every marked block belongs to an assignment, and every
+    assignment has checks in grade.py (raises ValueError saying what disagrees)."""
     found = set(marked_functions(package))
     listed = {f for _, functions in ASSIGNMENTS.values() for f in functions}
     if found != listed:
         raise ValueError(f"markers and ASSIGNMENTS disagree: marked but in no assignment {sorted(found - listed)}, "
                          f"listed but not marked {sorted(listed - found)}")
+    from .grade import CHECKS                 # (grade.py refuses a check of an assignment not listed here)
+    unchecked = [key for key in ASSIGNMENTS if not any(c.assignment == key for c in CHECKS)]
+    if unchecked:
+        raise ValueError(f"{', '.join(unchecked)} in ASSIGNMENTS but no check in grade.py: write its checks with "
+                         f'@check("{unchecked[0]}", ...) (it would score 0 of 0 points)')
+
+
+def specification_list():
+    """The public loop specifications, by file, as the handout's README names them: "`im2col_naive` and
+    `col2im_naive` in `minifcn/im2col.py`, `conv2d_naive` ... in `minifcn/ops/conv.py`"."""
+    by_file = {}
+    for entry in SPECIFICATIONS:
+        module, name = entry.split(":")
+        if not name.startswith("_"):
+            by_file.setdefault(f"minifcn/{module.replace('.', '/')}.py", []).append(f"`{name}`")
+    listed = [(", ".join(names[:-1]) + " and " if len(names) > 1 else "") + f"{names[-1]} in `{path}`"
+              for path, names in by_file.items()]
+    return ", ".join(listed)
 
 
 def make(out, force=False):
@@ -134,7 +171,7 @@ def make(out, force=False):
             text = strip_solutions(path)
             compile(text, str(path), "exec")      # the student version must still import
             path.write_text(text)
-    readme.write_text(HANDOUT_README.format(assignments=describe()))
+    readme.write_text(HANDOUT_README.format(assignments=describe(), specifications=specification_list()))
     return target
 
 
@@ -170,8 +207,7 @@ Put this folder first on the path so that `import minifcn` finds your copy: `exp
 
 ## Check your work
 
-- The loop versions are the specification: `im2col_naive` and `col2im_naive` in `minifcn/im2col.py`,
-  `conv2d_naive` and `conv_transpose2d_naive` in `minifcn/ops/conv.py`. Compare your functions with them
+- The loop versions are the specification: {specifications}. Compare your functions with them
   on small random inputs, with every option the docstring allows (strides, pads, dilation, no bias...).
   Do not call them from your code: while it is graded they raise an error.
 - `minifcn.gradcheck.gradcheck(forward, backward, inputs, ...)` compares a backward with central differences,
@@ -202,12 +238,16 @@ def main(argv=None):
     mk.add_argument("--force", action="store_true", help="overwrite OUT/minifcn/ and OUT/README.md if they exist")
     args = parser.parse_args(argv)
     if args.command == "list":
-        check_markers()
+        try:
+            check_markers()
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         print(describe())
         return 0
     try:
         target = make(args.out, args.force)
-    except FileExistsError as e:
+    except (FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"student version written to {target}, instructions to {Path(args.out) / 'README.md'}")

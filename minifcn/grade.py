@@ -19,8 +19,22 @@ How a student's code is run:
 
 The score table goes to the terminal; --json PATH also writes Gradescope's results.json (nothing is
 written without it). Hidden checks get the visibility "after_due_date" there. The optional assignments
-(OPTIONAL in assignments.py, today A5) are not in the total: "40 / 40 (+6 optional)". On Gradescope, set
-the assignment's total points to the required points (40 today): the optional ones then count as extra credit.
+(OPTIONAL in assignments.py) are not in the total: "40 / 40 (+6 optional)". On Gradescope, set the
+assignment's total points to the required points (`python -m minifcn.grade` on the reference prints them,
+after the slash): the optional ones then count as extra credit.
+
+Writing an assignment's checks (it is registered in assignments.py; its recipe is there and in lessons/README.md):
+  - a check is a function decorated with @check("A6", "what it checks", points, hidden=False), called as
+    run(s, rng): s holds the student's modules by their last name (s.im2col, s.conv, s.pool for
+    minifcn/ops/pool.py, ...), rng is a NumPy generator. It returns a short message when it passes and raises
+    when it fails; close(what, got, want, tol) (pass tol ~1e-5 for float32), grad_ok(gradcheck(...), "x") and
+    each_case(cases, test) do most of the work. Checks are numbered A6.1, A6.2, ... in the order written;
+  - add checks after all the existing ones, never between: each check's rng is seeded with (the seed, its
+    position in CHECKS), so a check inserted earlier changes the hidden cases of every check after it (and
+    the numbers of the checks after it in its assignment);
+  - a visible check's message may show shapes and values (it is the student's feedback); a hidden check's
+    never does: only the case's number and the kind of error. So whatever a hidden check requires (an
+    option, a dtype, a tie rule) must also be in a visible one.
 """
 import argparse
 import functools
@@ -43,7 +57,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from . import cli, models as ref_models, ops as ref_ops
-from .assignments import ASSIGNMENTS, OPTIONAL, PACKAGE
+from .assignments import ASSIGNMENTS, OPTIONAL, PACKAGE, SPECIFICATIONS   # (the loop specifications raise while graded)
 from .backend import to_numpy
 from .gradcheck import gradcheck
 from .im2col import col2im_naive, conv_output_size, im2col_naive
@@ -51,10 +65,6 @@ from .im2col import col2im_naive, conv_output_size, im2col_naive
 SEED = 2015            # the hidden cases' seed: change it each term (or pass --seed)
 STUDENT = "student_minifcn"
 HERE = Path(__file__).resolve()
-# The loop specifications (and the helper they share): students check their code against them; while graded,
-# the student's copies raise, so that a function that only calls its specification scores nothing.
-SPECIFICATIONS = ["im2col:im2col_naive", "im2col:col2im_naive", "im2col:_patch_entries",
-                  "ops.conv:conv2d_naive", "ops.conv:conv_transpose2d_naive"]
 MAX_FILE = 10 * 2**20  # bytes a grading process may write to one file (its stderr included): a print loop fills no disk
 
 
@@ -74,7 +84,12 @@ CHECKS = []
 
 
 def check(assignment, name, points, hidden=False):
-    """Register the decorated function as the next check of `assignment`."""
+    """Register the decorated function as the next check of `assignment` (a key of ASSIGNMENTS, or this raises:
+    a check of an unlisted assignment would never run)."""
+    if assignment not in ASSIGNMENTS:
+        raise ValueError(f"check {name!r}: assignment {assignment!r} is not in ASSIGNMENTS (minifcn/assignments.py; "
+                         f"listed: {', '.join(ASSIGNMENTS)}); register it there first")
+
     def register(run):
         number = 1 + sum(c.assignment == assignment for c in CHECKS)
         CHECKS.append(Check(f"{assignment}.{number}", assignment, name, points, run, hidden))
@@ -615,7 +630,7 @@ def grade_here(package, assignment, seed, out):
         return
     rows = []
     for c in checks:
-        rng = np.random.default_rng([seed, CHECKS.index(c)])
+        rng = np.random.default_rng([seed, CHECKS.index(c)])      # by position: new checks go after all others
         try:
             with np.errstate(all="ignore"):
                 rows.append(row(c, c.points, f"passed: {c.run(s, rng) or 'ok'}"))

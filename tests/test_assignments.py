@@ -68,13 +68,18 @@ def test_student_version_imports_keeps_the_specification_and_scores_zero(tmp_pat
     assert not (target / "grade.py").exists() and not (target / "assignments.py").exists()
     readme = (tmp_path / "README.md").read_text()          # the students' instructions
     assert all(f"{key}  " in readme for key in assignments.ASSIGNMENTS) and "NotImplementedError" in readme
+    assert "`im2col_naive` and `col2im_naive` in `minifcn/im2col.py`, `conv2d_naive` and `conv_transpose2d_naive` " \
+           "in `minifcn/ops/conv.py`. Compare" in readme and "_patch_entries" not in readme
     assert not (target / "fast.py").exists()             # the layers must run the student's ops
     with pytest.raises(FileExistsError):
         assignments.make(tmp_path)
     for path in target.rglob("*.py"):
         assert assignments.BEGIN not in path.read_text(), path
-    # every docstring (the specification) and signature is still there
-    for module in ("im2col.py", "ops/conv.py", "ops/loss.py", "models/fcn.py"):
+    # every docstring (the specification) and signature is still there, in every file an assignment asks for
+    files = {f.split(":")[0].replace(".", "/") + ".py" for _, functions in assignments.ASSIGNMENTS.values()
+             for f in functions}
+    assert files == {"im2col.py", "ops/conv.py", "ops/loss.py", "models/fcn.py"}
+    for module in sorted(files):
         ref, mine = (ast.parse((root / module).read_text()) for root in (assignments.PACKAGE, target))
         defs = [{n.name: (ast.get_docstring(n), ast.dump(n.args)) for n in ast.walk(tree)
                  if isinstance(n, ast.FunctionDef)} for tree in (ref, mine)]
@@ -92,6 +97,44 @@ def test_student_version_imports_keeps_the_specification_and_scores_zero(tmp_pat
     rows = grade.grade(tmp_path)
     assert len(rows) == len(grade.CHECKS) and sum(r["score"] for r in rows) == 0
     assert all("NotImplementedError" in r["output"] for r in rows), [r["output"] for r in rows]
+
+
+def test_the_existing_checks_keep_their_positions():
+    """Each check's random (hidden) cases are drawn from its position in grade.CHECKS: a new assignment's checks
+    go after all of these, or the hidden cases of every check after the insertion change (mid-term, a regrade
+    would then draw other cases than the first grading). Extend this list; never reorder it."""
+    counts = {"A1": 6, "A2": 7, "A3": 9, "A4": 7, "A5": 3}
+    pinned = [f"{key}.{i}" for key, n in counts.items() for i in range(1, n + 1)]
+    assert [c.id for c in grade.CHECKS[:len(pinned)]] == pinned
+
+
+def test_a_check_of_an_unlisted_assignment_is_refused(monkeypatch):
+    # a typo ("a6") or a forgotten ASSIGNMENTS entry: the check would be registered and never run
+    monkeypatch.setattr(grade, "CHECKS", list(grade.CHECKS))
+    before = len(grade.CHECKS)
+    with pytest.raises(ValueError, match="assignment 'a6' is not in ASSIGNMENTS"):
+        grade.check("a6", "max_pool2d_forward equals max_pool2d_naive", 2)
+    assert len(grade.CHECKS) == before
+
+
+def test_an_assignment_without_checks_is_reported_by_list_and_make(tmp_path, monkeypatch, capsys):
+    # listed and marked but with no check: it would be handed out, shown as 0 points, and never graded
+    monkeypatch.setattr(grade, "CHECKS", [c for c in grade.CHECKS if c.assignment != "A4"])
+    with pytest.raises(ValueError, match=r"A4 in ASSIGNMENTS but no check in grade.py"):
+        assignments.check_markers()
+    assert assignments.main(["list"]) == 2
+    assert assignments.main(["make", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error: A4 in ASSIGNMENTS but no check") == 2 and "Traceback" not in err
+    assert not (tmp_path / "minifcn").exists()
+
+
+def test_the_handout_names_every_loop_specification(tmp_path, monkeypatch):
+    # one list (assignments.SPECIFICATIONS) both makes a specification raise while graded and names it to students
+    assert grade.SPECIFICATIONS is assignments.SPECIFICATIONS
+    monkeypatch.setattr(assignments, "SPECIFICATIONS", assignments.SPECIFICATIONS + ["ops.pool:max_pool2d_naive"])
+    assignments.make(tmp_path)
+    assert ", `max_pool2d_naive` in `minifcn/ops/pool.py`. Compare" in (tmp_path / "README.md").read_text()
 
 
 def test_planted_bug_transposed_dW_loses_exactly_its_checks(tmp_path):
