@@ -441,3 +441,72 @@ def test_loading_flushes_subnormal_weights(tmp_path):
     net.params["fc6.W"].flat[:3] = [np.finfo(np.float32).tiny / 16, 0.25, -1e-40]
     back = load(net.save(tmp_path / "n.npz"))
     np.testing.assert_array_equal(back.params["fc6.W"].flat[:3], [0.0, 0.25, 0.0])
+
+
+# ----------------------------------------------------------------------------- extending: new taps, new heads
+
+def test_a_pool2_tap_is_the_full_map_on_the_fast_path_too():
+    """A head that reads pool2 (an FCN-4s) gets the whole pool2 map: the plateau plan ends at pool2 then (it left
+    pool2 short before, so a crop of it failed), with the plain path's numbers and gradients."""
+    from minifcn import fast
+    from minifcn.models.vgg import VGG16
+    body = VGG16(1 / 16, dropout=0, rng=0, dtype=np.float64, taps=("pool2", "pool3", "pool4"))
+    x = np.random.default_rng(1).standard_normal((1, 3, 20, 17))
+    runs = []
+    for enabled in (False, True):
+        with fast.disabled() if not enabled else _nothing():
+            taps = body.forward(x.copy(), train=True)
+            dskip = {k: np.random.default_rng(2).standard_normal(v.shape) for k, v in taps.items() if k != "fc7"}
+            dx = body.backward(np.random.default_rng(3).standard_normal(taps["fc7"].shape), skips=dskip)
+            runs.append((taps, dx, {k: layer.grads[f"{layer.name}.W"] for layer in body.layers
+                                    for k in [layer.name] if f"{layer.name}.W" in layer.grads}))
+    (plain, dx_plain, g_plain), (quick, dx_quick, g_quick) = runs
+    assert plain["pool2"].shape == (1, 8, 55, 54)       # ceil((20 + 198) / 4), ceil((17 + 198) / 4)
+    for k in plain:
+        np.testing.assert_allclose(quick[k], plain[k], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dx_quick, dx_plain, rtol=1e-8, atol=1e-10)
+    for k in g_plain:
+        np.testing.assert_allclose(g_quick[k], g_plain[k], rtol=1e-8, atol=1e-10)
+    with pytest.raises(ValueError, match="taps .*'pool9'"):
+        VGG16(1 / 16, taps=("pool9",))
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_a_new_head_registers_and_saves_and_loads(tmp_path):
+    """FCN.taps reaches the body; register lets build() and load() rebuild a net of a class of your own, and a
+    file of an unregistered arch says to register it (it said 'not a saved FCN ... train with --init')."""
+    from minifcn.models import fcn
+
+    class FCN8sPool2(models.FCN8s):             # FCN-8s that also asks for pool2 (enough to test the plumbing)
+        arch, taps = "fcn8s-pool2-test", ("pool2", "pool3", "pool4")
+
+    net = FCN8sPool2(num_classes=3, backbone="vgg16-tiny", dropout=0)
+    assert net.body.taps == ("pool2", "pool3", "pool4") and net.crop_offsets == build("fcn8s").crop_offsets
+    assert "pool2" in net.body.forward(np.zeros((1, 3, 9, 9), np.float32))
+    path = randomize(net, dtype=np.float32).save(tmp_path / "mine.npz")
+    with pytest.raises(ValueError, match=r"'fcn8s-pool2-test'.*register"):
+        load(path)
+    try:
+        assert fcn.register(FCN8sPool2) is FCN8sPool2
+        again = load(path)
+        assert type(again) is FCN8sPool2 and type(build("fcn8s-pool2-test", num_classes=3)) is FCN8sPool2
+        x = np.random.default_rng(0).standard_normal((1, 3, 9, 9)).astype(np.float32)
+        np.testing.assert_array_equal(again.forward(x), net.forward(x))
+        with pytest.raises(ValueError, match="taken by"):
+            fcn.register(type("Other", (models.FCN8s,), {"arch": "fcn8s-pool2-test"}))
+        with pytest.raises(TypeError, match="subclass of minifcn.models.FCN"):
+            fcn.register(int)
+    finally:
+        fcn.ARCHITECTURES.pop("fcn8s-pool2-test", None)
+
+
+def test_the_base_class_says_what_a_head_defines():
+    with pytest.raises(NotImplementedError, match="build_head, graph, forward and backward"):
+        models.FCN(num_classes=3, backbone="vgg16-tiny")

@@ -55,9 +55,28 @@ def upscore_layer(name, num_classes, kernel, stride, learnable):
 
 
 class FCN:
-    """What every FCN shares: the VGG16 body, parameters, device, weight files. See FCN32s for a head."""
+    """What every FCN shares: the VGG16 body, parameters, device, weight files. See FCN32s for a head.
+
+    A new head (a course project's FCN-4s, say) is a subclass that defines
+        arch          its name in files and messages ("fcn4s"); register(cls) lets build() and load() find it
+        taps          the body's maps it reads besides fc7 (default ("pool3", "pool4"); add "pool2" for a pool2 skip)
+        build_head    its layers, in order, made from self.body.channels (score_layer / upscore_layer help)
+        graph         body.graph() plus its layers as geometry specs, crops included: the crop offsets
+                      (self.crop_offsets) are derived from it, never typed in
+        forward       x -> scores: self.check_input, self.body.forward, its layers, ops.crop_forward / add_forward,
+                      self.keep(train, scores, **crop caches)
+        backward      forward read from the bottom up: self.cached, ..., self.body.backward(dfc7, skips={tap: dtap}),
+                      self.finish_backward(dx)
+    FCN8s is the model to copy. minifcn.gradcheck.gradcheck_module(net.astype(np.float64), x) checks its backward.
+
+        @register
+        class FCN4s(FCN8s):          # FCN-8s's layers, plus score_pool2 and a x4 upsampling
+            arch, taps = "fcn4s", ("pool2", "pool3", "pool4")
+            ...
+    """
 
     arch = None
+    taps = VGG16.TAPS       # the body's maps (besides fc7) that body.forward returns and body.backward takes skips at
 
     def __init__(self, num_classes=21, backbone="vgg16", width=1.0, dropout=0.5, learnable_upsampling=False,
                  seed=0):
@@ -65,7 +84,7 @@ class FCN:
         rng = np.random.default_rng(seed)
         self.num_classes, self.backbone, self.width = int(num_classes), backbone, float(width)
         self.dropout, self.learnable_upsampling = float(dropout), bool(learnable_upsampling)
-        self.body = VGG16(BACKBONES[backbone] * width, dropout, rng)
+        self.body = VGG16(BACKBONES[backbone] * width, dropout, rng, taps=self.taps)
         self.head = self.build_head(self.num_classes, self.learnable_upsampling)   # the head's layers, in order
         self.layers = self.body.layers + self.head
         self.params = Params(self.layers)       # "<layer>.W" / "<layer>.b" -> array (writes reach the layer)
@@ -78,10 +97,14 @@ class FCN:
     # -- what each net defines: build_head, graph, forward, backward (below, per class)
 
     def build_head(self, num_classes, learnable):
-        raise NotImplementedError
+        """-> the head's layers in order (they join net.layers and net.params); keep them as attributes too."""
+        raise NotImplementedError(f"{type(self).__name__} defines no head: a subclass of FCN defines build_head, "
+                                  "graph, forward and backward (see the FCN docstring)")
 
     def graph(self):
-        raise NotImplementedError
+        """-> self.body.graph() + the head as minifcn.geometry specs, ending in crop("score", ..., like="data")."""
+        raise NotImplementedError(f"{type(self).__name__} defines no graph(): list the head's layers as geometry "
+                                  "specs (see FCN8s.graph)")
 
     # -- shared pieces of forward / backward
 
@@ -472,11 +495,25 @@ class FCN8sAtOnce(FCN8s):
 ARCHITECTURES = {cls.arch: cls for cls in (FCN32s, FCN16s, FCN8s, FCN8sAtOnce)}
 
 
+def register(cls):
+    """Make a subclass of FCN known to build(cls.arch, ...) and load(path) (which rebuilds a saved net from its
+    "arch"); returns cls, so it serves as a class decorator. A name already taken by another class is refused."""
+    if not (isinstance(cls, type) and issubclass(cls, FCN)) or not isinstance(cls.arch, str) or not cls.arch:
+        raise TypeError(f"register: {cls!r} must be a subclass of minifcn.models.FCN with a name in `arch` "
+                        "(a non-empty string)")
+    held = ARCHITECTURES.get(cls.arch)
+    if held is not None and held.__qualname__ != cls.__qualname__:
+        raise ValueError(f"register: the name {cls.arch!r} is taken by {held.__module__}.{held.__qualname__}; "
+                         "give the new class another arch")
+    ARCHITECTURES[cls.arch] = cls       # the same class again (a re-run notebook cell) replaces the old one
+    return cls
+
+
 # ============================================================================= build, load, surgery
 
 def build(name, num_classes=21, backbone="vgg16", width=1.0, dropout=0.5, learnable_upsampling=False, seed=0,
           init=None):
-    """An FCN by name: "fcn32s", "fcn16s", "fcn8s" or "fcn8s-atonce".
+    """An FCN by name: "fcn32s", "fcn16s", "fcn8s" or "fcn8s-atonce" (or a class added with register).
 
     backbone: "vgg16" (the paper's) or "vgg16-tiny" (every channel count / 16, for CPU); width scales
     the channels further. dropout=0 turns dropout off. seed fixes the initial weights (He-normal in
@@ -501,12 +538,16 @@ def build(name, num_classes=21, backbone="vgg16", width=1.0, dropout=0.5, learna
 
 
 def load(path, name=None, num_classes=None, device="cpu"):
-    """Rebuild the net saved by net.save(path), on `device`.
+    """Rebuild the net saved by net.save(path), on `device` (a net of your own class: register it first).
 
     name / num_classes: the net you expect (default: what the file says). A file for another
     architecture or class count then fails with a list of the keys and shapes that differ.
     """
     arrays, meta, where = _read_source(path)
+    if "arch" in meta and meta["arch"] not in ARCHITECTURES and "num_classes" in meta:
+        raise ValueError(f"{where} holds a saved {meta['arch']!r}, an FCN this session does not know (known: "
+                         f"{list(ARCHITECTURES)}). Import the module that defines its class and register it "
+                         "(minifcn.models.fcn.register(cls)), then load again.")
     if meta.get("arch") not in ARCHITECTURES or "num_classes" not in meta:
         held = f"holds {meta['arch']} weights" if "arch" in meta else "has no minifcn metadata ('__meta__')"
         raise ValueError(f"{where} {held}, not a saved FCN (arch one of {list(ARCHITECTURES)}, num_classes, "

@@ -42,11 +42,17 @@ def scaled(channels, width):
 
 
 class VGG16:
-    """The body: `layers` in order; forward returns the maps the FCN heads read (pool3, pool4, fc7)."""
+    """The body: `layers` in order; forward returns the maps the FCN heads read (pool3, pool4, fc7).
+
+    taps: the layers (besides fc7) whose outputs forward returns and whose skip gradients backward takes, by
+    name: ("pool3", "pool4") for the paper's nets; a new head adds its own, e.g. ("pool2", "pool3", "pool4") for a
+    skip from pool2 (FCN.taps passes them). Every tap comes back as the full map, also on the fast path, whose
+    plateau plan then ends at the first tapped layer instead of pool3.
+    """
 
     TAPS = ("pool3", "pool4")
 
-    def __init__(self, width=1.0, dropout=0.5, rng=None, dtype=np.float32):
+    def __init__(self, width=1.0, dropout=0.5, rng=None, dtype=np.float32, taps=TAPS):
         rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         self.input_grad = True      # False: backward skips the image's gradient (returns None); training needs none
         self.layers, self.channels = [], {}
@@ -67,9 +73,16 @@ class VGG16:
                         Conv2d("fc7", f, f, 1, rng=rng, dtype=dtype), ReLU("relu7", inplace=True),
                         Dropout("drop7", dropout, seed=int(rng.integers(2**31)))]
         self.channels["fc7"] = f
+        names = [layer.name for layer in self.layers]
+        unknown = [t for t in taps if t not in names or t == "fc7"]
+        if unknown:
+            raise ValueError(f"VGG16: taps {unknown} are not layers of the body before fc7 (fc7 is always returned); "
+                             f"choose from {names[:names.index('fc7')]}")
+        self.taps = tuple(taps)
 
     def forward(self, x, train=False):
-        """x (N, 3, H, W) -> {"pool3": (N, C3, ., .), "pool4": (N, C4, ., .), "fc7": (N, F, h, w)}.
+        """x (N, 3, H, W) -> {"pool3": (N, C3, ., .), "pool4": (N, C4, ., .), "fc7": (N, F, h, w)} (one entry per
+        tap, see self.taps, and fc7).
 
         "fc7" is the map after relu7 and drop7 (the reference's in-place fc7 blob). On the fast path the
         first stages run on smaller maps (minifcn.plateau): conv1_1 pads by plan.pad instead of 100, and
@@ -86,14 +99,15 @@ class VGG16:
             if plan is not None and layer.name in plan.gathers:
                 self.gathered[layer.name] = x.shape
                 x = plateau.gather_forward(x, plan.gathers[layer.name])
-            if layer.name in self.TAPS:
+            if layer.name in self.taps:
                 taps[layer.name] = x
         self.plan = plan if train else None
         taps["fc7"] = x
         return taps
 
     def backward(self, dfc7, skips=None):
-        """dfc7 (N, F, h, w), skips {"pool4": dpool4, "pool3": dpool3} -> dx (N, 3, H, W).
+        """dfc7 (N, F, h, w), skips {"pool4": dpool4, "pool3": dpool3} -> dx (N, 3, H, W). skips may name any
+        layer of the body (a tap's gradient, shaped like that tap's output).
 
         The trunk's gradient flows down layer by layer; at pool4 and pool3 the gradient that came
         back along a skip branch joins it (the pool output fed two consumers, so its gradients add).
@@ -114,8 +128,19 @@ class VGG16:
         """minifcn.plateau's plan for an input of this size, or None (the plain path, or fast.PLATEAU off)."""
         if not (use_fast() and fast.PLATEAU):
             return None
-        specs = [geometry.spec_of(layer) for layer in self.up_to("pool3") if isinstance(layer, (Conv2d, MaxPool2d))]
+        last = self.plateau_end()
+        if last is None:
+            return None
+        specs = [geometry.spec_of(layer) for layer in self.up_to(last) if isinstance(layer, (Conv2d, MaxPool2d))]
         return plateau.plan_body(specs, *size)
+
+    def plateau_end(self):
+        """The pool where the plateau plan makes the map whole again: pool3, or the last pool at or before the
+        first tap if that comes earlier (a tap must be the full map); None if no pool comes before it (no plan)."""
+        names = [layer.name for layer in self.layers]
+        first = min([names.index(t) for t in self.taps] + [names.index("pool3")])
+        pools = [name for name in names[:first + 1] if name.startswith("pool")]
+        return pools[-1] if pools else None
 
     def up_to(self, name):
         """The body's layers from conv1_1 up to and including the one called `name`."""
