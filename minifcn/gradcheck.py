@@ -6,7 +6,8 @@ upstream gradient dout (never all ones: that hides transposed indices) and compa
     analytic[i]  =  backward(dout)[i]
     numeric[i]   =  sum( (forward(input + h e_i) - forward(input - h e_i)) * dout ) / (2h)
 
-in float64. The relative error of an entry is |a - n| / max(|a|, |n|, atol): entries smaller than
+in float64. gradcheck_module(layer_or_net, x) does the same for a layer's or a whole net's forward and
+backward (a layer of your own, an FCN head of your own). The relative error of an entry is |a - n| / max(|a|, |n|, atol): entries smaller than
 atol are judged on the absolute scale atol, so a true zero with rounding noise does not count as a
 100% error. The result keeps the whole error map of every input, so a lesson can draw it.
 """
@@ -102,6 +103,62 @@ def gradcheck(forward, backward, inputs, h=1e-5, num_samples=None, seed=0, atol=
             worst = np.unravel_index(np.nanargmax(err), err.shape)
             result.max_error, result.where = float(err[worst]), (name, tuple(int(i) for i in worst))
     return result
+
+
+def gradcheck_module(module, x, keys=None, num_samples=2, seed=0, h=1e-5, atol=1e-5):
+    """Check a layer's or a whole net's backward: gradcheck on its forward(x, train=True) and backward(dout).
+
+    module: anything with params (a mapping "<layer>.W" -> array), grads (filled by backward),
+    forward(x, train) and backward(dout) -> dx: a minifcn.layers object (the built-in ones or your own) or an
+    FCN (the four nets or your own head). It must be in float64 (net.astype(np.float64); a layer's params
+    cast by hand), and random in the checked sense: no dropout (build with dropout=0) and, for an FCN, score
+    and upsampling layers made non-zero and learnable_upsampling=True, else most of the net's gradients are
+    zero and prove little. keys: the parameters to check (default: every one not in module.frozen);
+    num_samples: random entries per input and parameter (None: all of them, slow for a net). Returns a
+    GradcheckResult with the inputs "x" and the keys. The module's parameter arrays are replaced by gradcheck's
+    float64 copies (same values).
+
+        >>> net = minifcn.models.build("fcn16s", num_classes=3, backbone="vgg16-tiny", dropout=0,
+        ...                            learnable_upsampling=True).astype(np.float64)
+        >>> gradcheck_module(net, np.random.default_rng(0).standard_normal((1, 3, 7, 5))).max_error < 1e-5
+        True
+    """
+    frozen = set(getattr(module, "frozen", ()))
+    keys = [k for k in module.params if k not in frozen] if keys is None else list(keys)
+    unknown = [k for k in keys if k not in module.params]
+    if unknown:
+        raise KeyError(f"gradcheck_module: {unknown} are not parameters of {_name(module)}; "
+                       f"its keys are {list(module.params)}")
+    wrong = {k: str(v.dtype) for k, v in module.params.items() if v.dtype != np.float64}
+    if wrong or getattr(x, "dtype", None) != np.float64:
+        what = f"its parameters {wrong}" if wrong else f"x ({getattr(x, 'dtype', type(x).__name__)})"
+        raise TypeError(f"gradcheck_module: {_name(module)} must run in float64, but {what} are not: use "
+                        "net.astype(np.float64) (or each layer.params[k] = v.astype(np.float64)) and x.astype(np.float64); "
+                        "in float32 central differences are rounding noise")
+    drops = [layer.name for layer in getattr(module, "layers", [module])
+             if getattr(layer, "p", 0) and type(layer).__name__ == "Dropout"]
+    if drops:
+        raise ValueError(f"gradcheck_module: dropout {drops} draws a new mask every forward, so differences do not "
+                         "compare; build the net with dropout=0")
+
+    def forward(x, **params):
+        for k, v in params.items():           # gradcheck nudges its own copies: hand them to the module
+            module.params[k] = v
+        return module.forward(x, train=True), None
+
+    def backward(dout, cache):
+        dx = module.backward(dout)
+        missing = [k for k in keys if k not in module.grads]
+        if missing:
+            raise ValueError(f"gradcheck_module: backward filled no gradient for {missing} (frozen? pass keys=...)")
+        return (dx,) + tuple(module.grads[k] for k in keys)
+
+    return gradcheck(forward, backward, {"x": x, **{k: module.params[k] for k in keys}}, h=h,
+                     num_samples=num_samples, seed=seed, atol=atol)
+
+
+def _name(module):
+    return getattr(module, "arch", None) or getattr(module, "name", None) or type(module).__name__
 
 
 def check_all_ops(seed=0, unwritten_ok=False, device="cpu"):

@@ -60,3 +60,53 @@ def test_an_unwritten_op_does_not_hide_the_others(monkeypatch):
     assert results["conv2d"].max_error < 1e-6 and results["softmax_cross_entropy"] is not None
     with pytest.raises(NotImplementedError):
         check_all_ops()
+
+
+# ----------------------------------------------------------------------------- a layer or a whole net at once
+
+class _LeakyReLU:
+    """A layer of a student's own (no minifcn base class needed), with a right or a wrong backward."""
+
+    def __init__(self, slope, wrong=False):
+        self.name, self.slope, self.wrong = "leaky", slope, wrong
+        self.params, self.grads, self.frozen, self.cache = {}, {}, set(), None
+
+    def forward(self, x, train=False):
+        self.cache = x > 0 if train else None
+        return np.where(x > 0, x, self.slope * x)
+
+    def backward(self, dout):
+        return np.where(self.cache, dout, dout if self.wrong else self.slope * dout)
+
+
+def test_gradcheck_module_checks_a_layer_of_your_own_and_catches_a_wrong_one():
+    from minifcn.gradcheck import gradcheck_module
+    from minifcn.layers import Conv2d
+    x = np.random.default_rng(0).standard_normal((2, 3, 5, 4))
+    x = np.where(np.abs(x) < 1e-2, 0.5, x)                          # off the kink
+    assert gradcheck_module(_LeakyReLU(0.1), x, num_samples=None).max_error < 1e-8
+    assert gradcheck_module(_LeakyReLU(0.1, wrong=True), x, num_samples=None).max_error > 0.5
+    conv = Conv2d("c", 3, 4, 3, pad=1, rng=0, dtype=np.float64)
+    conv.params["c.b"] = np.random.default_rng(1).standard_normal(4)
+    result = gradcheck_module(conv, x, num_samples=None)
+    assert set(result.errors) == {"x", "c.W", "c.b"} and result.max_error < 1e-7
+
+
+def test_gradcheck_module_checks_a_whole_net_and_refuses_what_cannot_compare():
+    from minifcn.gradcheck import gradcheck_module
+    from minifcn.models import build
+    net = build("fcn16s", num_classes=3, backbone="vgg16-tiny", width=0.5, dropout=0, learnable_upsampling=True)
+    rng = np.random.default_rng(0)
+    for k, v in net.params.items():                                 # score and upscore layers non-zero
+        net.params[k] = (rng.standard_normal(v.shape) * (0.1 if k.endswith(".b") else np.sqrt(2 / v[0].size)))
+    x = rng.standard_normal((1, 3, 7, 5))
+    result = gradcheck_module(net, x, keys=["score_pool4.W", "conv5_3.W"], num_samples=2)
+    assert set(result.errors) == {"x", "score_pool4.W", "conv5_3.W"} and result.max_error < 1e-5
+    with pytest.raises(TypeError, match=r"float64.*x \(float32\)"):
+        gradcheck_module(net, x.astype(np.float32))
+    with pytest.raises(KeyError, match="nope.W"):
+        gradcheck_module(net, x, keys=["nope.W"])
+    with pytest.raises(TypeError, match=r"net.astype\(np.float64\)"):
+        gradcheck_module(build("fcn32s", num_classes=3, backbone="vgg16-tiny", dropout=0), x)
+    with pytest.raises(ValueError, match="dropout=0"):
+        gradcheck_module(build("fcn32s", num_classes=3, backbone="vgg16-tiny", dropout=0.5).astype(np.float64), x)
