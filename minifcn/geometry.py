@@ -89,9 +89,17 @@ def add(name, a, b):
 
 
 def spec_of(layer, bottom=None):
-    """The Spec of a minifcn.layers object (kernel, stride and pad read from the layer itself)."""
+    """The Spec of a minifcn.layers object (kernel, stride and pad read from the layer itself).
+
+    Conv2d, ConvTranspose2d and MaxPool2d and their subclasses give "conv", "deconv" and "pool"; a layer with
+    a method spec(bottom) gives what that returns (a layer type of your own that moves the map); any other
+    layer (ReLU, Dropout, Scale, a LeakyReLU of your own) is "pointwise".
+    """
     from . import layers as L   # imported here: geometry itself needs no arrays
-    kind = {L.Conv2d: "conv", L.ConvTranspose2d: "deconv", L.MaxPool2d: "pool"}.get(type(layer), "pointwise")
+    if callable(getattr(layer, "spec", None)):
+        return layer.spec(bottom)
+    kind = next((k for cls, k in ((L.ConvTranspose2d, "deconv"), (L.Conv2d, "conv"), (L.MaxPool2d, "pool"))
+                 if isinstance(layer, cls)), "pointwise")       # ConvTranspose2d first: it is a Conv2d subclass
     if kind == "pointwise":
         return pointwise(layer.name, bottom)
     kernel = layer.W.shape[2:] if kind != "pool" else pair(layer.kernel, "kernel")

@@ -27,6 +27,25 @@ def use_fast():
 
 
 class Layer:
+    """The base of every layer; a new layer type subclasses it and writes forward and backward.
+
+        class LeakyReLU(Layer):
+            def __init__(self, name, slope=0.01):
+                super().__init__(name)
+                self.slope = slope
+            def forward(self, x, train=False):
+                out, cache = leaky_relu_forward(x, self.slope)    # your op: (out, cache), as minifcn.ops'
+                self.keep(cache, train)                           # kept only in training
+                return out
+            def backward(self, dout):
+                return leaky_relu_backward(dout, self.cached())   # fill self.grads too if it has params
+
+    A layer with parameters puts them in self.params under "<name>.W" / "<name>.b" and its backward sets
+    self.grads with the same keys. minifcn.geometry.spec_of sees a layer that is no Conv2d, ConvTranspose2d
+    or MaxPool2d (or subclass) as pointwise (the map does not move); one that moves it defines spec(bottom).
+    minifcn.gradcheck.gradcheck_module(layer, x) checks its backward in float64.
+    """
+
     def __init__(self, name):
         self.name = name
         self.params = {}      # "<name>.W" -> array
@@ -47,14 +66,18 @@ class Layer:
         self.cache = None
         return self
 
-    def _keep(self, cache, train):
+    def keep(self, cache, train):
+        """Keep forward's cache for backward when train is True; keep nothing in inference."""
         self.cache = cache if train else None
 
-    def _cached(self):
+    def cached(self):
+        """The cache forward(x, train=True) kept; a clear error if there is none."""
         if self.cache is None:
             raise RuntimeError(f"{self.name}: backward needs the cache of forward(x, train=True); "
                                "call forward with train=True first (inference keeps no cache)")
         return self.cache
+
+    _keep, _cached = keep, cached           # the names the built-in layers use
 
     @property
     def W(self):

@@ -129,3 +129,24 @@ def test_deconv_receptive_field_is_the_most_inputs_one_output_sees(k, s):
         reach.append(set(np.flatnonzero(out[0, 0, 0])))
     seen = max(sum(o in r for r in reach) for o in range(max(map(max, reach)) + 1))
     assert G.trace([G.deconv("up", k, s)])["up"].rf == seen
+
+
+def test_spec_of_a_layer_type_of_your_own():
+    """A subclass of Conv2d is a convolution (it was taken for a pointwise layer, so a strided one silently
+    misplaced every crop after it); a layer with spec(bottom) describes itself; any other is pointwise."""
+    from minifcn.layers import Conv2d, ConvTranspose2d, Layer
+
+    class MyConv(Conv2d):
+        pass
+
+    class MyUp(ConvTranspose2d):
+        pass
+
+    class Shift(Layer):                  # moves the map: says so
+        def spec(self, bottom=None):
+            return G.conv(self.name, 3, 1, 0, bottom)
+
+    assert G.spec_of(MyConv("c", 3, 4, 3, stride=2, pad=1), "data") == G.conv("c", 3, 2, 1, "data")
+    assert G.spec_of(MyUp("u", 2, 2, 4, 2)) == G.deconv("u", 4, 2)
+    assert G.spec_of(Shift("s"), "x") == G.conv("s", 3, 1, 0, "x")
+    assert G.spec_of(Layer("leaky")) == G.pointwise("leaky")

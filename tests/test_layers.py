@@ -78,3 +78,24 @@ def test_dropout_takes_numpy_integer_seeds_like_python_ints(rng):
     from minifcn.ops import dropout_forward
     x = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
     np.testing.assert_array_equal(dropout_forward(x, 0.5, True, np.int64(3))[0], dropout_forward(x, 0.5, True, 3)[0])
+
+
+def test_a_layer_of_your_own_uses_keep_and_cached():
+    """keep / cached are the public names (they were _keep / _cached only, private to a student's subclass)."""
+    from minifcn.layers import Layer
+
+    class Double(Layer):
+        def forward(self, x, train=False):
+            self.keep(x.shape, train)
+            return 2 * x
+
+        def backward(self, dout):
+            assert self.cached() == dout.shape
+            return 2 * dout
+
+    layer = Double("double")
+    layer.forward(np.ones(3), train=False)
+    with pytest.raises(RuntimeError, match="double: backward needs the cache of forward"):
+        layer.backward(np.ones(3))
+    layer.forward(np.ones(3), train=True)
+    np.testing.assert_array_equal(layer.backward(np.ones(3)), 2 * np.ones(3))
