@@ -69,7 +69,7 @@ def test_student_version_imports_keeps_the_specification_and_scores_zero(tmp_pat
     readme = (tmp_path / "README.md").read_text()          # the students' instructions
     assert all(f"{key}  " in readme for key in assignments.ASSIGNMENTS) and "NotImplementedError" in readme
     assert "`im2col_naive` and `col2im_naive` in `minifcn/im2col.py`, `conv2d_naive` and `conv_transpose2d_naive` " \
-           "in `minifcn/ops/conv.py`. Compare" in readme and "_patch_entries" not in readme
+           "in `minifcn/ops/conv.py`" in readme and "_patch_entries" not in readme    # the loop specifications
     assert not (target / "fast.py").exists()             # the layers must run the student's ops
     with pytest.raises(FileExistsError):
         assignments.make(tmp_path)
@@ -78,7 +78,7 @@ def test_student_version_imports_keeps_the_specification_and_scores_zero(tmp_pat
     # every docstring (the specification) and signature is still there, in every file an assignment asks for
     files = {f.split(":")[0].replace(".", "/") + ".py" for _, functions in assignments.ASSIGNMENTS.values()
              for f in functions}
-    assert files == {"im2col.py", "ops/conv.py", "ops/loss.py", "models/fcn.py"}
+    assert {"im2col.py", "ops/conv.py", "ops/loss.py", "models/fcn.py"} <= files
     for module in sorted(files):
         ref, mine = (ast.parse((root / module).read_text()) for root in (assignments.PACKAGE, target))
         defs = [{n.name: (ast.get_docstring(n), ast.dump(n.args)) for n in ast.walk(tree)
@@ -132,7 +132,8 @@ def test_an_assignment_without_checks_is_reported_by_list_and_make(tmp_path, mon
 def test_the_handout_names_every_loop_specification(tmp_path, monkeypatch):
     # one list (assignments.SPECIFICATIONS) both makes a specification raise while graded and names it to students
     assert grade.SPECIFICATIONS is assignments.SPECIFICATIONS
-    monkeypatch.setattr(assignments, "SPECIFICATIONS", assignments.SPECIFICATIONS + ["ops.pool:max_pool2d_naive"])
+    pooling = [f for f in assignments.SPECIFICATIONS if not f.startswith("ops.pool:")] + ["ops.pool:max_pool2d_naive"]
+    monkeypatch.setattr(assignments, "SPECIFICATIONS", pooling)
     assignments.make(tmp_path)
     assert ", `max_pool2d_naive` in `minifcn/ops/pool.py`. Compare" in (tmp_path / "README.md").read_text()
 
