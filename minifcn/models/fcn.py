@@ -518,8 +518,9 @@ def build(name, num_classes=21, backbone="vgg16", width=1.0, dropout=0.5, learna
     backbone: "vgg16" (the paper's) or "vgg16-tiny" (every channel count / 16, for CPU); width scales
     the channels further. dropout=0 turns dropout off. seed fixes the initial weights (He-normal in
     the body, zero score layers, bilinear upsampling) and the dropout masks. init: a weight file, a
-    dict or a (params, meta) pair (read_weights' answer) to start from by net surgery (VGG16 weights, or the FCN one stage coarser); every VGG16
-    layer must be found in it. What was copied is in net.init_report.
+    dict or a (params, meta) pair (read_weights' answer) to start from by net surgery (VGG16 weights,
+    or the FCN one stage coarser); every VGG16 layer must be found in it. What was copied is in
+    net.init_report.
     """
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown FCN {name!r}; choose one of {list(ARCHITECTURES)}")
