@@ -257,4 +257,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from . import cli
+    raise SystemExit(cli.run(main, "python -m minifcn.assignments"))     # `list | head` ends quietly

@@ -334,3 +334,21 @@ def test_an_unwritable_json_path_is_refused_before_grading(tmp_path, capsys):
     assert grade.main(["--only", "A1", "--json", str(tmp_path / "missing" / "results.json")]) == 2
     err = capsys.readouterr().err
     assert "--json" in err and "does not exist" in err and "Total" not in capsys.readouterr().out
+
+
+def test_output_into_a_closed_pipe_ends_quietly_and_still_writes_the_json(tmp_path):
+    # `python -m minifcn.assignments list | head -1`, `python -m minifcn.grade --json r.json | head`: the reader
+    # is gone before the output comes (its end of the pipe closed here at once, so it is sure to be gone)
+    def run(*args):
+        read, write = os.pipe()
+        os.close(read)
+        try:
+            return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, stdout=write, stderr=subprocess.PIPE,
+                                  text=True, timeout=300)
+        finally:
+            os.close(write)
+    listed = run("minifcn.assignments", "list")
+    assert listed.returncode == 1 and listed.stderr == ""
+    graded = run("minifcn.grade", "--only", "A1", "--json", str(tmp_path / "results.json"))
+    assert graded.returncode == 1 and graded.stderr == ""
+    assert json.loads((tmp_path / "results.json").read_text())["score"] == points("A1")
