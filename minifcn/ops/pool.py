@@ -48,7 +48,13 @@ def _padded_shape(OH, OW, kh, kw, sh, sw):
 
 
 def max_pool2d_forward(x, kernel=2, stride=2, pad=0):
-    """x (N, C, H, W) -> out (N, C, OH, OW), cache (OH, OW by Caffe's ceil rule, see the module)."""
+    """x (N, C, H, W) -> out (N, C, OH, OW), cache (OH, OW by Caffe's ceil rule, see the module).
+
+    kernel, stride, pad: an int or a pair (rows, columns). Each window is clipped to the input (padding
+    never wins). out has x's dtype. cache = (x.shape, arg, (kh, kw, sh, sw, ph, pw)), where
+    arg (N, C, OH, OW), integer, is the tap t = i*kw + j (row i, column j of the window, counted from the
+    window's top-left corner, padding included) that holds the window's max; when several taps tie, the
+    first one in that order wins (the smallest t)."""
     xp = check_inputs("max_pool2d", x=x)
     check_ndim("max_pool2d", "x", x, "NCHW")
     kh, kw, sh, sw, ph, pw, OH, OW = _geometry(x, kernel, stride, pad)
@@ -72,7 +78,9 @@ def max_pool2d_forward(x, kernel=2, stride=2, pad=0):
 
 
 def max_pool2d_backward(dout, cache):
-    """dout (N, C, OH, OW) -> dx (N, C, H, W): each window's gradient goes to its max."""
+    """dout (N, C, OH, OW) -> dx (N, C, H, W), dout's dtype: each window's gradient goes to its max, the one
+    tap arg names (only that one, even when others tie); a pixel that wins several overlapping windows gets
+    the sum of their gradients."""
     x_shape, arg, (kh, kw, sh, sw, ph, pw) = cache
     xp = check_inputs("max_pool2d_backward", dout=dout)
     N, C, H, W = x_shape
