@@ -137,3 +137,64 @@ def test_the_optimisers_leave_no_subnormal_weight_or_state(name):
     for a in [w, *state]:
         assert not np.any((a != 0) & (np.abs(a) < tiny)), a
     assert w[0] == 0 and w[2] == 0 and w[1] != 0
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_a_step_takes_the_rate_it_is_given_not_the_base_rate(name):
+    """train passes the schedule's rate to every step: opt.lr is only the default."""
+    params = {"a.W": np.array([1.0, -1.0])}
+    opt = SGD(params, lr=0.1, weight_decay=0.0) if name == "sgd" else Adam(params, lr=0.1, weight_decay=0.0)
+    g = np.array([0.5, -2.0])
+    for _ in range(2):
+        opt.step({"a.W": g}, lr=0.01)
+    # SGD: v1 = lr g, v2 = 0.9 v1 + lr g; Adam, g constant: two steps of lr * sign(g) (m_hat / sqrt(s_hat) = g / |g|)
+    want = [1.0, -1.0] - (0.01 + 0.019) * g if name == "sgd" else [1.0 - 0.02, -1.0 + 0.02]
+    np.testing.assert_allclose(params["a.W"], want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_the_optimiser_state_is_flushed_of_subnormals_too(name):
+    """The velocities (SGD) and both moments (Adam) can hold subnormals of their own, from subnormal gradients
+    (SGD's velocity, Adam's m) or from squares of tiny ones (Adam's s); the flush clears them with the weights."""
+    tiny = np.finfo(np.float32).tiny
+    params = {"fc6.W": np.ones(3, np.float32)}
+    opt = (SGD(params, lr=1.0, momentum=0.5, weight_decay=0.0) if name == "sgd" else
+           Adam(params, lr=1e-3, weight_decay=0.0))
+    g = {"fc6.W": np.array([tiny / 2, 1e-20, 1.0], np.float32)}   # 1e-20 ** 2 / 1000 is subnormal in float32
+
+    def subnormal(a):
+        return bool(np.any((a != 0) & (np.abs(a) < tiny)))
+    for _ in range(FLUSH_EVERY - 1):
+        opt.step(g)
+    state = {k: a for k, a in opt.state_dict().items() if k not in ("sgd_t", "adam_t")}
+    assert state and all(subnormal(a) for a in state.values())   # each array holds one before the flush
+    opt.step(g)
+    for k, a in opt.state_dict().items():
+        assert not subnormal(a), k
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_a_resumed_optimiser_flushes_on_the_same_steps(name):
+    """The step count travels in the state: resumed after 7 steps, the flush still comes at step FLUSH_EVERY."""
+    tiny = np.finfo(np.float32).tiny
+    params = {"fc6.W": np.array([tiny / 8, 1.0], np.float32)}
+
+    def make():
+        return (SGD(params, lr=0.0, weight_decay=0.0) if name == "sgd" else Adam(params, lr=0.0, weight_decay=0.0))
+    g = {"fc6.W": np.zeros(2, np.float32)}
+    opt = make()
+    for _ in range(7):
+        opt.step(g)
+    state = opt.state_dict()
+    opt = make()
+    opt.load_state_dict(state)
+    for _ in range(FLUSH_EVERY - 8):
+        opt.step(g)
+    assert params["fc6.W"][0] != 0                                  # step 9: not yet
+    opt.step(g)
+    assert params["fc6.W"][0] == 0 and params["fc6.W"][1] == 1.0
+
+
+def test_the_warmup_ramps_the_step_policy_too():
+    assert learning_rate(0.1, 1, "step", step=10, gamma=0.5, warmup=4) == pytest.approx(0.05)
+    assert learning_rate(0.1, 1, "poly", max_iter=100, power=1.0, warmup=4) == pytest.approx(0.05 * 0.99)
