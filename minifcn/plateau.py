@@ -22,7 +22,8 @@ the largest even number k of rows out of each band of the stage's input such tha
 is the full output less k / 2 rows of each band: checked signature by signature, not derived by hand.
 Even, so that every pooling window still pairs the rows it pairs in the full map. At each pool a
 gather (the pieces below) puts rows back or leaves more out for the next stage, and at the last pool
-of the plan (pool3, the first map an FCN head reads) the map is whole again.
+of the plan (pool3 for the paper's nets, the first map their heads read; an earlier tapped pool for a
+head that reads one, see VGG16.plateau_end) the map is whole again.
 
     plan = plan_body(specs, 160, 160)      # specs: conv1_1 .. pool3; conv1_1 pads by 8; pool1..pool3 gather
     y = gather_forward(x, plan.gathers["pool1"])          # x (N, C, 87, 87) -> y (N, C, 99, 99)

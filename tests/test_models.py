@@ -1,4 +1,5 @@
 """FCN-32s/16s/8s/8s-at-once: structure, any input size, gradient checks, devices, save/load, net surgery."""
+import contextlib
 import os
 
 import numpy as np
@@ -453,9 +454,11 @@ def test_a_pool2_tap_is_the_full_map_on_the_fast_path_too():
     body = VGG16(1 / 16, dropout=0, rng=0, dtype=np.float64, taps=("pool2", "pool3", "pool4"))
     x = np.random.default_rng(1).standard_normal((1, 3, 20, 17))
     runs = []
+    assert body.plateau_end() == "pool2"
     for enabled in (False, True):
-        with fast.disabled() if not enabled else _nothing():
+        with fast.disabled() if not enabled else contextlib.nullcontext():
             taps = body.forward(x.copy(), train=True)
+            assert (body.plan is not None) == enabled            # the fast run does go through a plateau plan
             dskip = {k: np.random.default_rng(2).standard_normal(v.shape) for k, v in taps.items() if k != "fc7"}
             dx = body.backward(np.random.default_rng(3).standard_normal(taps["fc7"].shape), skips=dskip)
             runs.append((taps, dx, {k: layer.grads[f"{layer.name}.W"] for layer in body.layers
@@ -469,14 +472,11 @@ def test_a_pool2_tap_is_the_full_map_on_the_fast_path_too():
         np.testing.assert_allclose(g_quick[k], g_plain[k], rtol=1e-8, atol=1e-10)
     with pytest.raises(ValueError, match="taps .*'pool9'"):
         VGG16(1 / 16, taps=("pool9",))
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+    # only pools: conv3_3's output is overwritten by relu3_3 in place on the fast path (the tap would differ
+    # between the paths), and conv1_1's skip gradient would never be added
+    for tap in ("conv3_3", "conv1_1", "relu7", "fc6"):
+        with pytest.raises(ValueError, match=f"taps \\['{tap}'\\] are not pools of the body; choose from \\['pool1'"):
+            VGG16(1 / 16, taps=(tap,))
 
 
 def test_a_new_head_registers_and_saves_and_loads(tmp_path):

@@ -44,10 +44,11 @@ def scaled(channels, width):
 class VGG16:
     """The body: `layers` in order; forward returns the maps the FCN heads read (pool3, pool4, fc7).
 
-    taps: the layers (besides fc7) whose outputs forward returns and whose skip gradients backward takes, by
+    taps: the pools (besides fc7) whose outputs forward returns and whose skip gradients backward takes, by
     name: ("pool3", "pool4") for the paper's nets; a new head adds its own, e.g. ("pool2", "pool3", "pool4") for a
     skip from pool2 (FCN.taps passes them). Every tap comes back as the full map, also on the fast path, whose
-    plateau plan then ends at the first tapped layer instead of pool3.
+    plateau plan then ends at the first tapped pool instead of pool3. Only pools: a convolution's output is
+    overwritten by its in-place ReLU on the fast path, so a skip from it would read something else there.
     """
 
     TAPS = ("pool3", "pool4")
@@ -73,11 +74,11 @@ class VGG16:
                         Conv2d("fc7", f, f, 1, rng=rng, dtype=dtype), ReLU("relu7", inplace=True),
                         Dropout("drop7", dropout, seed=int(rng.integers(2**31)))]
         self.channels["fc7"] = f
-        names = [layer.name for layer in self.layers]
-        unknown = [t for t in taps if t not in names or t == "fc7"]
+        pools = [layer.name for layer in self.layers if isinstance(layer, MaxPool2d)]
+        unknown = [t for t in taps if t not in pools]
         if unknown:
-            raise ValueError(f"VGG16: taps {unknown} are not layers of the body before fc7 (fc7 is always returned); "
-                             f"choose from {names[:names.index('fc7')]}")
+            raise ValueError(f"VGG16: taps {unknown} are not pools of the body; choose from {pools} (fc7 is always "
+                             "returned)")
         self.taps = tuple(taps)
 
     def forward(self, x, train=False):
@@ -107,7 +108,7 @@ class VGG16:
 
     def backward(self, dfc7, skips=None):
         """dfc7 (N, F, h, w), skips {"pool4": dpool4, "pool3": dpool3} -> dx (N, 3, H, W). skips may name any
-        layer of the body (a tap's gradient, shaped like that tap's output).
+        tap (its gradient, shaped like that tap's output).
 
         The trunk's gradient flows down layer by layer; at pool4 and pool3 the gradient that came
         back along a skip branch joins it (the pool output fed two consumers, so its gradients add).
@@ -128,19 +129,15 @@ class VGG16:
         """minifcn.plateau's plan for an input of this size, or None (the plain path, or fast.PLATEAU off)."""
         if not (use_fast() and fast.PLATEAU):
             return None
-        last = self.plateau_end()
-        if last is None:
-            return None
-        specs = [geometry.spec_of(layer) for layer in self.up_to(last) if isinstance(layer, (Conv2d, MaxPool2d))]
+        specs = [geometry.spec_of(layer) for layer in self.up_to(self.plateau_end())
+                 if isinstance(layer, (Conv2d, MaxPool2d))]
         return plateau.plan_body(specs, *size)
 
     def plateau_end(self):
-        """The pool where the plateau plan makes the map whole again: pool3, or the last pool at or before the
-        first tap if that comes earlier (a tap must be the full map); None if no pool comes before it (no plan)."""
+        """The pool where the plateau plan makes the map whole again: pool3, or the first tapped pool if that
+        comes earlier (a tap must be the full map)."""
         names = [layer.name for layer in self.layers]
-        first = min([names.index(t) for t in self.taps] + [names.index("pool3")])
-        pools = [name for name in names[:first + 1] if name.startswith("pool")]
-        return pools[-1] if pools else None
+        return min(("pool3", *self.taps), key=names.index)
 
     def up_to(self, name):
         """The body's layers from conv1_1 up to and including the one called `name`."""
