@@ -7,9 +7,9 @@ upstream gradient dout (never all ones: that hides transposed indices) and compa
     numeric[i]   =  sum( (forward(input + h e_i) - forward(input - h e_i)) * dout ) / (2h)
 
 in float64. gradcheck_module(layer_or_net, x) does the same for a layer's or a whole net's forward and
-backward (a layer of your own, an FCN head of your own). The relative error of an entry is |a - n| / max(|a|, |n|, atol): entries smaller than
-atol are judged on the absolute scale atol, so a true zero with rounding noise does not count as a
-100% error. The result keeps the whole error map of every input, so a lesson can draw it.
+backward (a layer of your own, an FCN head of your own). The relative error of an entry is
+|a - n| / max(|a|, |n|, atol): entries smaller than atol are judged on the absolute scale atol, so a
+true zero with rounding noise does not count as a 100% error. The result keeps the whole error map of every input, so a lesson can draw it.
 """
 from dataclasses import dataclass, field
 
@@ -133,10 +133,10 @@ def gradcheck_module(module, x, keys=None, num_samples=2, seed=0, h=1e-5, atol=1
     if wrong or getattr(x, "dtype", None) != np.float64:
         what = f"its parameters {wrong}" if wrong else f"x ({getattr(x, 'dtype', type(x).__name__)})"
         raise TypeError(f"gradcheck_module: {_name(module)} must run in float64, but {what} are not: use "
-                        "net.astype(np.float64) (or each layer.params[k] = v.astype(np.float64)) and x.astype(np.float64); "
-                        "in float32 central differences are rounding noise")
-    drops = [layer.name for layer in getattr(module, "layers", [module])
-             if getattr(layer, "p", 0) and type(layer).__name__ == "Dropout"]
+                        "net.astype(np.float64) (or each layer.params[k] = v.astype(np.float64)) and "
+                        "x.astype(np.float64); in float32 central differences are rounding noise")
+    from .layers import Dropout                 # (here: minifcn.layers needs nothing of this module)
+    drops = [layer.name for layer in getattr(module, "layers", [module]) if isinstance(layer, Dropout) and layer.p]
     if drops:
         raise ValueError(f"gradcheck_module: dropout {drops} draws a new mask every forward, so differences do not "
                          "compare; build the net with dropout=0")

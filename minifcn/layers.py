@@ -35,7 +35,7 @@ class Layer:
                 self.slope = slope
             def forward(self, x, train=False):
                 out, cache = leaky_relu_forward(x, self.slope)    # your op: (out, cache), as minifcn.ops'
-                self.keep(cache, train)                           # kept only in training
+                self.keep(train, cache)                           # kept only in training
                 return out
             def backward(self, dout):
                 return leaky_relu_backward(dout, self.cached())   # fill self.grads too if it has params
@@ -66,8 +66,9 @@ class Layer:
         self.cache = None
         return self
 
-    def keep(self, cache, train):
-        """Keep forward's cache for backward when train is True; keep nothing in inference."""
+    def keep(self, train, cache):
+        """Keep forward's cache for backward when train is True; keep nothing in inference. (train first, as in
+        FCN.keep(train, scores, **crops).)"""
         self.cache = cache if train else None
 
     def cached(self):
@@ -76,8 +77,6 @@ class Layer:
             raise RuntimeError(f"{self.name}: backward needs the cache of forward(x, train=True); "
                                "call forward with train=True first (inference keeps no cache)")
         return self.cache
-
-    _keep, _cached = keep, cached           # the names the built-in layers use
 
     @property
     def W(self):
@@ -115,15 +114,15 @@ class Conv2d(Layer):
         """pad: instead of self.pad, for this call (VGG16's plateau plan pads conv1_1 less)."""
         forward = fast.conv2d_forward if use_fast() else self.op_forward
         out, cache = forward(x, self.W, self.b, self.stride, self.pad if pad is None else pad)
-        self._keep(cache, train)
+        self.keep(train, cache)
         return out
 
     def backward(self, dout, input_grad=True):
         """dout -> dx (None if input_grad is False: the first layer's input, the image, needs none)."""
         if use_fast():
-            dx, dW, db = fast.conv2d_backward(dout, self._cached(), input_grad)
+            dx, dW, db = fast.conv2d_backward(dout, self.cached(), input_grad)
         else:
-            dx, dW, db = self.op_backward(dout, self._cached())
+            dx, dW, db = self.op_backward(dout, self.cached())
         self._set_grads(dW, db)
         return dx if input_grad else None
 
@@ -178,12 +177,12 @@ class ConvTranspose2d(Conv2d):
             out, cache = self.op_forward(x, self.W, self.b, self.stride, self.pad)
             out, crop = ops.crop_forward(out, *window)
             cache = (cache, crop, None)                         # as the fast path's: (op's, crop's, its own)
-        self._keep((cache, window is not None), train)
+        self.keep(train, (cache, window is not None))
         return out
 
     def backward(self, dout):
         """dout (of the window, if forward had one) -> dx."""
-        cache, windowed = self._cached()
+        cache, windowed = self.cached()
         if use_fast():
             weight_grad = f"{self.name}.W" not in self.frozen
             backward = fast.conv_transpose2d_window_backward if windowed else fast.conv_transpose2d_backward
@@ -209,12 +208,12 @@ class MaxPool2d(Layer):
             out, cache = fast.max_pool2d_forward(x, self.kernel, self.stride, self.pad, train)
         else:
             out, cache = ops.max_pool2d_forward(x, self.kernel, self.stride, self.pad)
-        self._keep(cache, train)
+        self.keep(train, cache)
         return out
 
     def backward(self, dout):
         backward = fast.max_pool2d_backward if use_fast() else ops.max_pool2d_backward
-        return backward(dout, self._cached())
+        return backward(dout, self.cached())
 
 
 class ReLU(Layer):
@@ -228,11 +227,11 @@ class ReLU(Layer):
     def forward(self, x, train=False):
         inplace = self.inplace and use_fast()
         out, cache = fast.relu_forward_inplace(x) if inplace else ops.relu_forward(x)
-        self._keep((inplace, cache), train)         # cache: the output (in place) or the mask x > 0
+        self.keep(train, (inplace, cache))         # cache: the output (in place) or the mask x > 0
         return out
 
     def backward(self, dout):
-        inplace, cache = self._cached()
+        inplace, cache = self.cached()
         return fast.relu_backward_inplace(dout, cache) if inplace else ops.relu_backward(dout, cache)
 
 
@@ -251,11 +250,11 @@ class Dropout(Layer):
         if train and self.rng is None:
             self.rng = xp_of(x).random.default_rng(self.seed)
         out, mask = ops.dropout_forward(x, self.p, train, self.rng)
-        self._keep(("mask", mask), train)   # wrapped: the mask itself is None when p == 0
+        self.keep(train, ("mask", mask))   # wrapped: the mask itself is None when p == 0
         return out
 
     def backward(self, dout):
-        return ops.dropout_backward(dout, self._cached()[1])
+        return ops.dropout_backward(dout, self.cached()[1])
 
 
 class Scale(Layer):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minifcn import assignments, grade
+from minifcn import assignments, cli, grade
 from minifcn.gradcheck import gradcheck
 from minifcn.ops import conv2d_backward, conv2d_forward
 
@@ -122,10 +122,11 @@ def test_an_assignment_without_checks_is_reported_by_list_and_make(tmp_path, mon
     monkeypatch.setattr(grade, "CHECKS", [c for c in grade.CHECKS if c.assignment != "A4"])
     with pytest.raises(ValueError, match=r"A4 in ASSIGNMENTS but no check in grade.py"):
         assignments.check_markers()
-    assert assignments.main(["list"]) == 2
-    assert assignments.main(["make", str(tmp_path)]) == 2
+    prog = "python -m minifcn.assignments"
+    assert cli.run(lambda: assignments.main(["list"]), prog) == 2           # as `python -m` runs it
+    assert cli.run(lambda: assignments.main(["make", str(tmp_path)]), prog) == 2
     err = capsys.readouterr().err
-    assert err.count("error: A4 in ASSIGNMENTS but no check") == 2 and "Traceback" not in err
+    assert err.count(f"{prog}: error: A4 in ASSIGNMENTS but no check") == 2 and "Traceback" not in err
     assert not (tmp_path / "minifcn").exists()
 
 

@@ -110,3 +110,9 @@ def test_gradcheck_module_checks_a_whole_net_and_refuses_what_cannot_compare():
         gradcheck_module(build("fcn32s", num_classes=3, backbone="vgg16-tiny", dropout=0), x)
     with pytest.raises(ValueError, match="dropout=0"):
         gradcheck_module(build("fcn32s", num_classes=3, backbone="vgg16-tiny", dropout=0.5).astype(np.float64), x)
+    from minifcn.layers import Dropout
+
+    class MyDropout(Dropout):                   # a subclass draws masks too
+        pass
+    with pytest.raises(ValueError, match=r"dropout \['mine'\]"):
+        gradcheck_module(MyDropout("mine", 0.5), x)

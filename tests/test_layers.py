@@ -86,7 +86,7 @@ def test_a_layer_of_your_own_uses_keep_and_cached():
 
     class Double(Layer):
         def forward(self, x, train=False):
-            self.keep(x.shape, train)
+            self.keep(train, x.shape)
             return 2 * x
 
         def backward(self, dout):

@@ -501,6 +501,12 @@ def test_a_new_head_registers_and_saves_and_loads(tmp_path):
         np.testing.assert_array_equal(again.forward(x), net.forward(x))
         with pytest.raises(ValueError, match="taken by"):
             fcn.register(type("Other", (models.FCN8s,), {"arch": "fcn8s-pool2-test"}))
+        # the same name from another module, and a built-in's name even under its class name, are refused
+        with pytest.raises(ValueError, match="taken by"):
+            fcn.register(type("FCN8sPool2", (models.FCN8s,), {"arch": "fcn8s-pool2-test", "__module__": "other"}))
+        with pytest.raises(ValueError, match="'fcn8s' is taken by minifcn.models.fcn.FCN8s"):
+            fcn.register(type("FCN8s", (models.FCN16s,), {"arch": "fcn8s"}))
+        assert fcn.register(FCN8sPool2) is FCN8sPool2                # the same class again: a re-run cell
         with pytest.raises(TypeError, match="subclass of minifcn.models.FCN"):
             fcn.register(int)
     finally:

@@ -497,12 +497,15 @@ ARCHITECTURES = {cls.arch: cls for cls in (FCN32s, FCN16s, FCN8s, FCN8sAtOnce)}
 
 def register(cls):
     """Make a subclass of FCN known to build(cls.arch, ...) and load(path) (which rebuilds a saved net from its
-    "arch"); returns cls, so it serves as a class decorator. A name already taken by another class is refused."""
+    "arch"); returns cls, so it serves as a class decorator. A name already taken by another class is refused,
+    the paper's four always; the same class defined again (a notebook cell run twice) replaces its old self.
+    Only in this process: the --workers of minifcn.parallel and the command lines know the paper's four only."""
     if not (isinstance(cls, type) and issubclass(cls, FCN)) or not isinstance(cls.arch, str) or not cls.arch:
         raise TypeError(f"register: {cls!r} must be a subclass of minifcn.models.FCN with a name in `arch` "
                         "(a non-empty string)")
     held = ARCHITECTURES.get(cls.arch)
-    if held is not None and held.__qualname__ != cls.__qualname__:
+    same = held is not None and (held.__module__, held.__qualname__) == (cls.__module__, cls.__qualname__)
+    if held is not None and (not same or held.__module__ == __name__):
         raise ValueError(f"register: the name {cls.arch!r} is taken by {held.__module__}.{held.__qualname__}; "
                          "give the new class another arch")
     ARCHITECTURES[cls.arch] = cls       # the same class again (a re-run notebook cell) replaces the old one
