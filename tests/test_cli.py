@@ -686,3 +686,64 @@ def test_an_out_that_is_a_file_is_refused_before_any_work(tmp_path):
     with pytest.raises(NotADirectoryError, match="--out .*notes.txt is a file, not a folder"):
         run_train(tmp_path / "notes.txt", "--iters", "1")
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_atomic_write_gives_the_file_the_permissions_open_would(tmp_path):
+    """mkstemp's temporary file is private; the file it becomes follows the umask, whatever it is."""
+    for mask in (0o002, 0o077):
+        old = os.umask(mask)
+        try:
+            with open(tmp_path / "plain", "w") as f:
+                f.write("x")
+            with cli.atomic_write(tmp_path / "atomic", "w") as f:
+                f.write("x")
+        finally:
+            os.umask(old)
+        assert (tmp_path / "atomic").stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777, oct(mask)
+        os.remove(tmp_path / "plain")
+        os.remove(tmp_path / "atomic")
+
+
+def test_atomic_write_stopped_by_ctrl_c_leaves_the_old_file_and_no_temporary(tmp_path):
+    (tmp_path / "log.jsonl").write_text("old\n")
+    with pytest.raises(KeyboardInterrupt):
+        with cli.atomic_write(tmp_path / "log.jsonl", "w") as f:
+            f.write("half a li")
+            raise KeyboardInterrupt
+    assert (tmp_path / "log.jsonl").read_text() == "old\n"
+    assert os.listdir(tmp_path) == ["log.jsonl"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc: a folder no one (root neither) can create files in")
+def test_a_folder_that_takes_no_files_is_refused_naming_the_option():
+    with pytest.raises(PermissionError, match="--out /proc: cannot write in /proc"):
+        cli.check_output_folder("/proc", "--out")
+    with pytest.raises(PermissionError, match="DST /proc/w.npz: cannot write in /proc"):
+        cli.check_output_file("/proc/w.npz", "DST")
+    assert not os.path.exists("/proc/w.npz")
+
+
+def test_atomic_write_needs_no_system_temporary_folder(tmp_path, monkeypatch):
+    """The temporary file is made beside the destination (a rename within one file system), so a full or missing
+    /tmp, or a destination on another disk, does not matter."""
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-tmp"))
+    (tmp_path / "out").mkdir()
+    with cli.atomic_write(tmp_path / "out" / "a.json", "w") as f:
+        f.write("{}")
+    assert os.listdir(tmp_path / "out") == ["a.json"] and (tmp_path / "out" / "a.json").read_text() == "{}"
+
+
+def test_atomic_write_into_a_missing_folder_names_the_users_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"cannot write .*nodir.x\.npz \(No such file or directory\)") as e:
+        with cli.atomic_write(tmp_path / "nodir" / "x.npz"):
+            pytest.fail("the block ran without a file to write")
+    assert ".tmp" not in str(e.value)
+
+
+def test_a_bare_file_name_is_written_in_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli.check_output_file("scores.json", "--json")              # no folder part: the current one, which exists
+    with cli.atomic_write("scores.json", "w") as f:
+        f.write("{}")
+    assert (tmp_path / "scores.json").read_text() == "{}"
