@@ -550,8 +550,9 @@ def load(path, name=None, num_classes=None, device="cpu"):
     arrays, meta, where = _read_source(path)
     if "arch" in meta and meta["arch"] not in ARCHITECTURES and "num_classes" in meta:
         raise ValueError(f"{where} holds a saved {meta['arch']!r}, an FCN this session does not know (known: "
-                         f"{list(ARCHITECTURES)}). Import the module that defines its class and register it "
-                         "(minifcn.models.fcn.register(cls)), then load again.")
+                         f"{list(ARCHITECTURES)}). In Python, import the module that defines its class and "
+                         "register it (minifcn.models.register(cls)), then load again; the command lines (evaluate, "
+                         "predict, train --init) know the paper's four only, so use it from Python.")
     if meta.get("arch") not in ARCHITECTURES or "num_classes" not in meta:
         held = f"holds {meta['arch']} weights" if "arch" in meta else "has no minifcn metadata ('__meta__')"
         raise ValueError(f"{where} {held}, not a saved FCN (arch one of {list(ARCHITECTURES)}, num_classes, "
