@@ -747,3 +747,60 @@ def test_a_bare_file_name_is_written_in_the_current_folder(tmp_path, monkeypatch
     with cli.atomic_write("scores.json", "w") as f:
         f.write("{}")
     assert (tmp_path / "scores.json").read_text() == "{}"
+
+
+def test_the_last_iteration_is_logged_validated_and_saved_whatever_the_intervals(tmp_path):
+    """--iters 3 with every interval 2: the log, a validation and the checkpoint at 2, and again at the end (3)."""
+    assert run_train(tmp_path, "--iters", "3", "--log-every", "2", "--val-every", "2", "--checkpoint-every", "2") == 0
+    rows = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    assert [r["iter"] for r in rows if "loss" in r] == [2, 3]
+    assert [r["iter"] for r in rows if "mean_iu" in r] == [2, 3]
+    assert train.saved_state(tmp_path / "checkpoint.npz")["iter"] == 3
+
+
+def test_overwrite_deletes_the_old_runs_files_before_it_starts(tmp_path, monkeypatch):
+    """A new run stopped before its first validation leaves nothing of the run it replaced (a best.npz of the old
+    run would pass for this one's)."""
+    assert run_train(tmp_path, "--iters", "2", "--val-every", "2") == 0
+    assert sorted(os.listdir(tmp_path)) == ["best.npz", "checkpoint.npz", "curves.png", "log.jsonl"]
+    interrupt_in_iteration(1, monkeypatch)
+    assert run_train(tmp_path, "--iters", "4", "--overwrite") == 130
+    assert os.listdir(tmp_path) == ["log.jsonl"] and (tmp_path / "log.jsonl").read_text() == ""
+
+
+def test_overwrite_lets_an_older_checkpoint_continue_over_a_later_one(tmp_path):
+    """The refusal to rewind a folder says --overwrite replaces the later checkpoint: it does."""
+    assert run_train(tmp_path / "run", "--iters", "2", "--val-every", "100") == 0
+    older = tmp_path / "run" / "older.npz"                                  # beside the log: its lines 1, 2 are kept
+    older.write_bytes((tmp_path / "run" / "checkpoint.npz").read_bytes())
+    assert train.main(["--resume", str(tmp_path / "run" / "checkpoint.npz"), "--iters", "3"]) == 0
+    args = ["--resume", str(older), "--out", str(tmp_path / "run"), "--iters", "4"]
+    with pytest.raises(ValueError, match=r"is at iteration 3, further on than"):
+        train.main(args)
+    assert train.main([*args, "--overwrite"]) == 0
+    assert train.saved_state(tmp_path / "run" / "checkpoint.npz")["iter"] == 4
+    assert [r["iter"] for r in map(json.loads, open(tmp_path / "run" / "log.jsonl")) if "loss" in r] == [1, 2, 3, 4]
+
+
+def test_resume_works_out_again_the_defaults_of_a_changed_optimizer_or_loss(tmp_path):
+    """An Adam run's lr (2e-3) and warmup (300) were its optimiser's defaults: --optimizer sgd on resume takes
+    sgd's (0.01, no warmup), and --loss sum the sum loss's, not the saved ones."""
+    ckpt = tmp_path / "checkpoint.npz"
+    saved = {"optimizer": "adam", "loss": "mean", "lr": 2e-3, "warmup": 300, "momentum": 0.9, "seed": 5}
+    np.savez(ckpt, __train__=np.array(json.dumps({"iter": 10, "args": saved})))
+    same = train.parse_args(["--resume", str(ckpt)])
+    assert (same.optimizer, same.lr, same.warmup, same.seed, same.out) == ("adam", 2e-3, 300, 5, str(tmp_path))
+    sgd = train.parse_args(["--resume", str(ckpt), "--optimizer", "sgd"])
+    assert (sgd.optimizer, sgd.lr, sgd.warmup, sgd.momentum, sgd.seed) == ("sgd", 0.01, 0, 0.9, 5)
+    summed = train.parse_args(["--resume", str(ckpt), "--loss", "sum"])
+    assert (summed.optimizer, summed.lr, summed.warmup, summed.momentum) == ("sgd", 1e-10, 0, 0.99)
+    mine = train.parse_args(["--resume", str(ckpt), "--optimizer", "sgd", "--lr", "0.05"])
+    assert mine.lr == 0.05
+
+
+def test_resume_from_a_model_file_says_to_use_init(tmp_path):
+    net = models.build("fcn32s", num_classes=6, backbone="vgg16-tiny")
+    net.save(tmp_path / "model.npz")
+    with pytest.raises(ValueError, match=r"model.npz' is a model file, not a training checkpoint.*--init"):
+        train.main([*TINY, "--model", "fcn32s", "--resume", str(tmp_path / "model.npz"), "--iters", "2",
+                    "--out", str(tmp_path / "run")])
