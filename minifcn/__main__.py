@@ -11,10 +11,17 @@ JOBS = [("train", "train an FCN (the bare command: FCN-8s on the built-in shapes
         ("assignments", "instructors: write the student version of the package"),
         ("grade", "instructors: grade a student package")]
 
-if __name__ == "__main__":
+
+
+def main():
     print(__doc__.strip() + "\n")
     here = Path(__file__).resolve().parent
     for job, what in JOBS:
         if (here / f"{job.replace('.', '/')}.py").is_file():       # the students' copy has no instructors' jobs
             print(f"  python -m minifcn.{job:<14} {what}")
-    sys.exit(0 if len(sys.argv) == 1 else 2)
+    return 0 if len(sys.argv) == 1 else 2
+
+
+if __name__ == "__main__":
+    from minifcn import cli
+    sys.exit(cli.run(main, "python -m minifcn"))                  # `python -m minifcn | head` ends quietly

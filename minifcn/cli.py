@@ -31,7 +31,10 @@ def for_the_user(e):
 def run(main, prog):
     """main()'s exit status; for an error in the input, 'prog: error: message' on stderr and status 2."""
     try:
-        return main()
+        try:
+            return main()
+        finally:
+            sys.stdout.flush()              # a pipe's buffered output meets a closed reader here, not at exit
     except BrokenPipeError:                 # `python -m minifcn.x | head`: the reader stopped reading; not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # (Python's exit flush would fail again)
         return 1

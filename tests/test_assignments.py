@@ -337,6 +337,9 @@ def test_an_unwritable_json_path_is_refused_before_grading(tmp_path, capsys):
     assert "--json" in err and "does not exist" in err and "Total" not in capsys.readouterr().out
 
 
+BUFFERED = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}   # stdout into a pipe, as in a shell
+
+
 def test_output_into_a_closed_pipe_ends_quietly_and_still_writes_the_json(tmp_path):
     # `python -m minifcn.assignments list | head -1`, `python -m minifcn.grade --json r.json | head`: the reader
     # is gone before the output comes (its end of the pipe closed here at once, so it is sure to be gone)
@@ -345,7 +348,7 @@ def test_output_into_a_closed_pipe_ends_quietly_and_still_writes_the_json(tmp_pa
         os.close(read)
         try:
             return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, stdout=write, stderr=subprocess.PIPE,
-                                  text=True, timeout=300)
+                                  text=True, timeout=300, env=BUFFERED)
         finally:
             os.close(write)
     listed = run("minifcn.assignments", "list")
