@@ -304,6 +304,18 @@ def test_any_other_global_is_refused(tmp_path, module, name):
         read_state_dict(tmp_path / "g.pth")
 
 
+def test_a_file_cannot_change_how_later_files_are_read(tmp_path):
+    """pickle's BUILD on the storage type a file asks for: 'torch.FloatStorage' given the state {'name':
+    'IntStorage'}. Refused; and every file gets its own storage types, so the next file reads as float32."""
+    torch.save({"w": torch.tensor([1.5, -2.0])}, tmp_path / "good.pth")
+    payload = b"\x80\x02ctorch\nFloatStorage\n}(X\x04\x00\x00\x00nameX\n\x00\x00\x00IntStorageub0}."
+    zip_with_pickle(tmp_path / "evil.pth", payload)
+    with pytest.raises(ValueError, match=r"evil\.pth.*FloatStorage.*refused"):
+        read_state_dict(tmp_path / "evil.pth")
+    w = read_state_dict(tmp_path / "good.pth")["w"]
+    assert w.dtype == np.float32 and w.tolist() == [1.5, -2.0]
+
+
 @pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
 def test_truncated_file(tmp_path, legacy):
     saved_vgg16(tmp_path / "v.pth", legacy=legacy)

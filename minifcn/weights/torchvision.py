@@ -57,6 +57,11 @@ class _StorageType:
     def dtype(self):
         return np.dtype(STORAGE_DTYPES[self.name])
 
+    def __setstate__(self, state):
+        # pickle's BUILD would otherwise write `state` into __dict__ (frozen or not): a file could rename
+        # FloatStorage to IntStorage, and every later file in the process would be read as the wrong dtype
+        raise pickle.UnpicklingError(f"a file tried to change the storage type {self.name}; refused")
+
 
 @dataclass
 class _Storage:
@@ -121,8 +126,11 @@ class RestrictedUnpickler(pickle.Unpickler):
         self.where, self.storages = where, {}
 
     def find_class(self, module, name):
-        if (module, name) in SAFE_GLOBALS:
-            return SAFE_GLOBALS[(module, name)]
+        found = SAFE_GLOBALS.get((module, name))
+        if isinstance(found, _StorageType):
+            return _StorageType(found.name)          # this file's own copy: nothing shared can be changed
+        if found is not None:
+            return found
         raise pickle.UnpicklingError(
             f"{self.where}: the pickle asks for the global {module}.{name}, which a state dict of tensors "
             "never needs; refused (nothing from the file was run). Load it with torch only if you trust it, "
