@@ -433,6 +433,9 @@ def test_a_features_only_or_classifier_only_file_says_what_it_lacks(tmp_path):
     torch.save(TorchVGG16(**TINY).features.state_dict(), tmp_path / "features.pth")     # keys "0.weight", ...
     with pytest.raises(ValueError, match=r"features\.pth.*no classifier.*'classifier\.0\.weight'.*features-only"):
         read_vgg16(tmp_path / "features.pth")
+    torch.save(TorchVGG16(**TINY).classifier.state_dict(), tmp_path / "head.pth")     # keys "0.weight", ... too
+    with pytest.raises(ValueError, match=r"head\.pth.*no convolutions.*classifier alone"):
+        read_vgg16(tmp_path / "head.pth")
 
 
 def test_failed_conversion_leaves_no_dst(tmp_path, capsys):

@@ -389,11 +389,14 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")     # nn.DataParallel / Distributed
 def strip_prefix(state):
     """A state dict saved through a wrapper -> the wrapped model's: "module.features.0.weight" -> "features.0.weight"
     when every key has the prefix (as torch's consume_prefix_in_state_dict_if_present does); the state dict of
-    model.features alone ("0.weight") -> "features.0.weight"."""
+    model.features alone ("0.weight") -> "features.0.weight", and model.classifier alone (its weights are
+    matrices, not 4-d kernels) -> "classifier.0.weight"."""
     while (prefix := next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in state)), None)):
         state = {k[len(prefix):]: v for k, v in state.items()}
-    if all(re.fullmatch(r"\d+\.\w+", k) for k in state):    # model.features.state_dict(): "0.weight", "2.bias", ...
-        state = {"features." + k: v for k, v in state.items()}         # (then finish() says the classifier is missing)
+    if all(re.fullmatch(r"\d+\.\w+", k) for k in state):    # a Sequential's own state dict: "0.weight", "2.bias", ...
+        convolutions = any(k.endswith(".weight") and v.ndim == 4 for k, v in state.items())
+        part = "features." if convolutions else "classifier."   # (then finish() says which half is missing)
+        state = {part + k: v for k, v in state.items()}
     return state
 
 
