@@ -128,7 +128,12 @@ def test_a_wrong_format_option_is_named_not_blamed_on_the_file(tmp_path, capsys)
     src = str(tmp_path / "VGG_ILSVRC_16_layers.caffemodel")
     assert convert([src, str(tmp_path / "a.npz"), "--format", "keras"]) == 2
     err = capsys.readouterr().err
-    assert "layers.caffemodel' looks like a caffe file, not keras: leave --format out, or pass --format caffe" in err
+    assert ("layers.caffemodel' did not read as keras, and its name suggests a caffe file: if it is one, pass "
+            "--format caffe or leave --format out") in err          # protobuf has no signature: only the name says
+    (tmp_path / "renamed.pth").write_bytes((tmp_path / "VGG_ILSVRC_16_layers.caffemodel").read_bytes()[:50])
+    assert convert([str(tmp_path / "renamed.pth"), str(tmp_path / "a.npz"), "--format", "caffe"]) == 2
+    err = capsys.readouterr().err                               # a cut caffemodel under a .pth name: no "looks like"
+    assert "renamed.pth' did not read as caffe, and its name suggests a torchvision file" in err
     (tmp_path / "vgg16.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
     assert convert([str(tmp_path / "vgg16.h5"), str(tmp_path / "a.npz"), "--format", "caffe"]) == 2
     err = capsys.readouterr().err

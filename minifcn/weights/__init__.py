@@ -35,6 +35,13 @@ __all__ = ["FORMATS", "META_KEY", "LAYERS", "PREPROCESSING", "convolutionalize",
 def detect_format(path):
     """'torchvision', 'caffe' or 'keras', from the first bytes (zip or pickle: torch; HDF5: Keras);
     protobuf has no signature, so anything else is taken for a caffemodel unless its suffix says otherwise."""
+    suffix = os.path.splitext(str(path))[1].lower()
+    return _signature(path) or {".pth": "torchvision", ".pt": "torchvision", ".h5": "keras",
+                                ".hdf5": "keras"}.get(suffix, "caffe")
+
+
+def _signature(path):
+    """The format the first bytes prove (HDF5's signature, a zip, a pickle), or None: a guess is not made here."""
     with open(path, "rb") as f:
         head = f.read(8)
     if head.startswith(b"\x89HDF\r\n\x1a\n"):
@@ -50,8 +57,7 @@ def detect_format(path):
         return "torchvision"
     if head[:1] == b"\x80":
         return "torchvision"
-    suffix = os.path.splitext(str(path))[1].lower()
-    return {".pth": "torchvision", ".pt": "torchvision", ".h5": "keras", ".hdf5": "keras"}.get(suffix, "caffe")
+    return None
 
 
 def read_weights(path, format="auto"):
@@ -75,9 +81,12 @@ def read_weights(path, format="auto"):
             raise ValueError(f"{path!r}: format not recognised. convert reads torchvision .pth / .pt (a zip or a "
                              "pickle), Caffe .caffemodel (protobuf) and Keras .h5 (HDF5) files; if this is one of "
                              "them under another name, say which with --format" + _text_hint(path)) from e
-        if format != "auto" and (detected := detect_format(path)) != format:   # the reader blamed the file
+        if format != "auto" and (detected := _signature(path)) not in (None, format):   # the bytes say another
             raise ValueError(f"{path!r} looks like a {detected} file, not {format}: leave --format out, or pass "
                              f"--format {detected}. (The {format} reader said: {e})") from e
+        if format != "auto" and (guess := detect_format(path)) != format:      # only its name says another
+            raise ValueError(f"{path!r} did not read as {format}, and its name suggests a {guess} file: if it is "
+                             f"one, pass --format {guess} or leave --format out. (The {format} reader said: {e})") from e
         raise
     meta = {"format": FORMAT, **arch, "source": source, "source_file": os.path.basename(path),
             "preprocessing": dict(PREPROCESSING[source])}
