@@ -23,7 +23,7 @@ import zipfile
 import numpy as np
 
 from . import cli
-from .models.vgg import BLOCKS, FC, scaled
+from .models.fcn import body_of
 from .weights import FORMATS, META_KEY, read_weights, save_npz
 
 
@@ -63,13 +63,12 @@ def _next_command(dst, params, meta):
     dst = shlex.quote(dst)
     if meta["arch"] != "vgg16":
         return f"python -m minifcn.predict {dst} IMAGE... --out DIR   (or evaluate it on its dataset)"
-    width = params["conv1_1.W"].shape[0] / 64                   # VGG16's conv1_1 has 64 channels
-    channels = [(f"conv{b}_{i}", c) for b, n, c in BLOCKS for i in range(1, n + 1)] + [("fc6", FC), ("fc7", FC)]
-    if any(params[f"{layer}.W"].shape[0] != scaled(c, width) for layer, c in channels):
-        return (f"none: its channel counts are no VGG16's at any width (conv1_1 {params['conv1_1.W'].shape[0]}, "
-                f"fc6 {params['fc6.W'].shape[0]}), so no FCN of minifcn's can start from it")
-    body = ("--backbone vgg16" if width == 1 else "--backbone vgg16-tiny" if width == 1 / 16
-            else f"--backbone vgg16 --width {width:g}")
+    fit = body_of({k: v.shape for k, v in params.items()}, "vgg16")
+    if fit is None:
+        return (f"none: its shapes are no VGG16 body's at any width (conv1_1 {params['conv1_1.W'].shape}, "
+                f"fc6 {params['fc6.W'].shape}), so no FCN of minifcn's can start from it")
+    backbone, width = fit
+    body = f"--backbone {backbone}" + (f" --width {width:g}" if width != 1 else "")
     return f"python -m minifcn.train {body} --model fcn32s --init {dst} ..."
 
 

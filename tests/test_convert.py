@@ -92,7 +92,8 @@ def test_convert_ends_with_the_command_that_uses_its_output(tmp_path, capsys):
     models.build("fcn32s", backbone="vgg16-tiny", init=argv[argv.index("--init") + 1])
     tiny_caffemodel(tmp_path / "odd.caffemodel", fc=16)                                  # conv1_1 1/16, fc6 not
     assert convert([str(tmp_path / "odd.caffemodel"), str(tmp_path / "odd.npz")]) == 0
-    assert "next: none: its channel counts are no VGG16's at any width (conv1_1 4, fc6 16)" in capsys.readouterr().err
+    assert ("next: none: its shapes are no VGG16 body's at any width (conv1_1 (4, 3, 3, 3), fc6 (16, 32, 7, 7))"
+            in capsys.readouterr().err)
 
 
 def test_help():

@@ -611,10 +611,16 @@ def _wrong_body(report, backbone, width):
 
 
 def _body_of(report, backbone=None):
-    """(backbone, width) whose VGG16 body has the shapes the report's source holds, or None. Of the fits (vgg16 at
-    width 1/16 is vgg16-tiny), width 1 first, then `backbone`: the fewest options to change."""
+    """body_of the shapes the report's source holds."""
     source = {k: report.shapes[k] for k in report.loaded + report.unexpected + report.ignored}
     source.update({k: shape for k, (shape, _) in report.mismatched.items()})
+    return body_of(source, backbone)
+
+
+def body_of(source, backbone=None):
+    """(backbone, width) whose VGG16 body has the shapes of source {"conv1_1.W": shape, ...}, or None. Of the fits
+    (vgg16 at width 1/16 is vgg16-tiny), width 1 first, then `backbone`: the fewest options to change."""
+    source = {k: tuple(shape) for k, shape in source.items()}
     if "conv1_1.W" not in source:
         return None
     found = []
