@@ -304,6 +304,13 @@ def test_any_other_global_is_refused(tmp_path, module, name):
         read_state_dict(tmp_path / "g.pth")
 
 
+def test_a_reference_script_checkpoint_says_how_to_keep_the_weights(tmp_path):
+    import argparse                             # torchvision's references save {"model": ..., "args": Namespace}
+    torch.save({"model": TorchVGG16(**TINY).state_dict(), "args": argparse.Namespace(lr=0.01)}, tmp_path / "c.pth")
+    with pytest.raises(ValueError, match=r"c\.pth.*argparse\.Namespace.*refused.*\['model'\], 'vgg16\.pth'\)"):
+        read_vgg16(tmp_path / "c.pth")
+
+
 def test_a_file_cannot_change_how_later_files_are_read(tmp_path):
     """pickle's BUILD on the storage type a file asks for: 'torch.FloatStorage' given the state {'name':
     'IntStorage'}. Refused; and every file gets its own storage types, so the next file reads as float32."""

@@ -131,10 +131,13 @@ class RestrictedUnpickler(pickle.Unpickler):
             return _StorageType(found.name)          # this file's own copy: nothing shared can be changed
         if found is not None:
             return found
+        checkpoint = (" It looks like a training checkpoint that also holds the run's options (torchvision's "
+                      "reference scripts save args so): torch.save(torch.load(SRC, weights_only=False)['model'], "
+                      "'vgg16.pth') keeps only the weights.") if (module, name) == ("argparse", "Namespace") else ""
         raise pickle.UnpicklingError(
             f"{self.where}: the pickle asks for the global {module}.{name}, which a state dict of tensors "
             "never needs; refused (nothing from the file was run). Load it with torch only if you trust it, "
-            "and save model.state_dict() instead.")
+            "and save model.state_dict() instead." + checkpoint)
 
     def persistent_load(self, pid):
         """('storage', type, key, location, numel) or, legacy, (..., numel, (view_key, start, view_numel) | None)."""
