@@ -37,7 +37,7 @@ case "${1:-all}" in
   *) echo "usage: bash benchmarks/gpu_session.sh [all|tests|bench]" >&2; exit 2 ;;
 esac
 
-# the device machine comes without PyTorch (and without a network to install it): its columns are then nan
+# a machine without PyTorch still runs everything; the benchmarks' PyTorch columns are then nan
 { nvidia-smi -L; python3 -c "import cupy, numpy, pytest, hypothesis
 try:
     import torch; t = torch.__version__

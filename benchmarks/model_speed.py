@@ -17,7 +17,7 @@ read a row (BACKBONE @ SIZE, an image of SIZE x SIZE):
             timed runs: everything), on a GPU the allocator's peak.
   nan       not measured: the training columns with --no-train, and every column of a framework whose
             process failed (its error is printed above the table; PyTorch without CUDA on --device gpu,
-            or not installed at all, as on the lent GPU machines).
+            or not installed at all).
   last      the inference time per pixel of the padded input, (H + 198) x (W + 198), which is what every
             layer sees after conv1_1's 100-pixel pad, in ns: run the cases vgg16@256 vgg16@512 vgg16@1024
             with --no-train to see whether cost grows linearly with the pixels.
@@ -209,7 +209,7 @@ def spawn(framework, case, args):
         filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})      # this checkout first, the caller's path kept
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode or not lines:
-        if "No module named 'torch'" in proc.stderr:        # the GPU machine of these sessions has no PyTorch
+        if "No module named 'torch'" in proc.stderr:        # a machine without PyTorch: minifcn's figures still count
             print(f"{case}: PyTorch is not installed here, so its columns are nan", file=sys.stderr)
         else:
             print(f"{framework} {case} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)

@@ -120,7 +120,7 @@ def test_model_memory_refuses_an_unknown_net_before_building_it(option):
 
 
 def test_model_speed_without_pytorch_still_gives_minifcn_figures(tmp_path):
-    """The lent GPU machines have no PyTorch: its columns are nan, said in one line, minifcn's are measured."""
+    """A machine without PyTorch: its columns are nan, said in one line; minifcn's are measured and count."""
     (tmp_path / "sitecustomize.py").write_text(
         "import sys\n"
         "class NoTorch:\n"
