@@ -514,3 +514,144 @@ def test_big_endian_zip_is_byte_swapped(tmp_path):
     for k, v in sd.items():
         assert out[k].dtype == v.numpy().dtype, k
         np.testing.assert_array_equal(out[k], v.numpy(), err_msg=k)
+
+
+def rewrite_legacy(src, dst, little_endian=True, edit=list):
+    """A legacy torch.save file (magic, protocol, system info, state dict, storage keys, storages) written again:
+    as a big-endian machine wrote it (system info says so; every element count and storage byte-swapped), and/or
+    with its storages [(key, element count, data), ...] edited (the key list follows them)."""
+    with open(src, "rb") as f:
+        magic, protocol, info = (pickle.load(f) for _ in range(3))
+        start = f.tell()
+        unpickler = RestrictedUnpickler(f, "src")
+        unpickler.load()                                          # which dtype each storage holds
+        end = f.tell()
+        keys = pickle.load(f)
+        storages = []
+        for key in keys:
+            dtype = unpickler.storages[str(key)].type.dtype
+            numel = int(np.frombuffer(f.read(8), "<i8")[0])
+            storages.append((key, numel, np.frombuffer(f.read(numel * dtype.itemsize), dtype)))
+        assert f.read() == b""
+        f.seek(start)
+        state_pickle = f.read(end - start)
+    order = "<" if little_endian else ">"
+    with open(dst, "wb") as f:
+        for header in (magic, protocol, {**info, "little_endian": little_endian}):
+            pickle.dump(header, f, protocol=2)
+        f.write(state_pickle)
+        storages = edit(storages)
+        pickle.dump([key for key, _, _ in storages], f, protocol=2)
+        for key, numel, data in storages:
+            f.write(np.array([numel], order + "i8").tobytes() + data.astype(data.dtype.newbyteorder(order)).tobytes())
+
+
+def test_big_endian_legacy_file_is_byte_swapped(tmp_path):
+    """A legacy file from a big-endian machine says little_endian False in its system info, and holds its element
+    counts and storages big-endian: the same tensors, once swapped (a count read little-endian is 2**56 times off)."""
+    sd = {"w": torch.randn(3, 4), "half": torch.randn(5).half(), "bf16": torch.randn(3).to(torch.bfloat16),
+          "long": torch.arange(-3, 4), "d": torch.randn(2).double(), "u8": torch.arange(250, 256, dtype=torch.uint8)}
+    torch.save(sd, tmp_path / "little.pth", _use_new_zipfile_serialization=False)
+    rewrite_legacy(tmp_path / "little.pth", tmp_path / "big.pth", little_endian=False)
+    assert (tmp_path / "big.pth").read_bytes() != (tmp_path / "little.pth").read_bytes()
+    out = read_state_dict(tmp_path / "big.pth")
+    for k, v in sd.items():
+        ref = v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()
+        assert out[k].dtype == ref.dtype, k
+        np.testing.assert_array_equal(out[k], ref, err_msg=k)
+
+
+def test_a_legacy_file_whose_storages_disagree_with_its_tensors_is_corrupt(tmp_path):
+    """The storages after the state dict must be exactly those its tensors use, each with their element count:
+    one left out, one too many or a count that disagrees is named as corruption (a ValueError, not a crash)."""
+    torch.save({"a": torch.ones(3), "b": torch.zeros(2)}, tmp_path / "full.pth", _use_new_zipfile_serialization=False)
+    edits = {"lost": (lambda s: s[:-1], r"storages \['\w+'\] are used but not in the file"),
+             "extra": (lambda s: s + [("999", 2, np.zeros(2, np.float32))], r"storage 999 is not used by any tensor"),
+             "count": (lambda s: [(k, n + 1, np.append(d, d[:1])) for k, n, d in s],
+                       r"storage \w+ holds [34] elements, its tensors need [23]: corrupt")}
+    for name, (edit, message) in edits.items():
+        rewrite_legacy(tmp_path / "full.pth", tmp_path / f"{name}.pth", edit=edit)
+        with pytest.raises(ValueError, match=rf"{name}\.pth.*{message}"):
+            read_state_dict(tmp_path / f"{name}.pth")
+    rewrite_legacy(tmp_path / "full.pth", tmp_path / "same.pth")          # unedited, it reads
+    assert {k: v.tolist() for k, v in read_state_dict(tmp_path / "same.pth").items()} == {"a": [1.0] * 3, "b": [0.0] * 2}
+
+
+def test_a_zip_storage_of_another_size_than_its_tensors_need_is_refused(tmp_path):
+    """4 float32 elements are 16 bytes: a member of 20 (or 12) is not that storage, whatever its first bytes hold."""
+    pkl = zipfile.ZipFile(_zip_with_one_tensor(tmp_path, 0, 4, 1)).read("archive/data.pkl")
+    for nbytes in (20, 12):
+        with zipfile.ZipFile(tmp_path / "size.pth", "w") as z:
+            z.writestr("archive/data.pkl", pkl)
+            z.writestr("archive/data/0", np.arange(nbytes // 4, dtype="<f4").tobytes())
+        with pytest.raises(ValueError, match=rf"size\.pth.*storage archive/data/0 holds {nbytes} bytes, its tensor needs 16"):
+            read_state_dict(tmp_path / "size.pth")
+
+
+def test_a_view_past_the_end_of_its_storage_is_refused(tmp_path):
+    """A storage's persistent id may name a view of it (legacy: key, start, numel): 4 elements from element 2 of a
+    4-element storage reach past its end. Refused as a bad layout, never read from memory beyond the storage."""
+    K = lambda v: b"K" + bytes([v])                                            # noqa: E731 (BININT1)
+    view = b"X\x01\x00\x00\x000" + K(2) + K(4) + b"\x87"                       # ('0', 2, 4)
+    pkl = (b"\x80\x02ccollections\nOrderedDict\n)RX\x01\x00\x00\x00wctorch._utils\n_rebuild_tensor_v2\n"
+           b"((X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x04" + view
+           + b"tQ" + K(0) + K(2) + b"\x85" + K(3) + b"\x85" + b"\x89ccollections\nOrderedDict\n)RtRs.")
+    with zipfile.ZipFile(tmp_path / "view.pth", "w") as z:
+        z.writestr("archive/data.pkl", pkl)
+        z.writestr("archive/data/0", np.arange(4, dtype="<f4").tobytes())
+    with pytest.raises(ValueError, match=r"view\.pth.*tensor 'w' has a bad layout"):
+        read_state_dict(tmp_path / "view.pth")
+    with zipfile.ZipFile(tmp_path / "ok.pth", "w") as z:                       # the same view from element 0 fits
+        z.writestr("archive/data.pkl", pkl.replace(view, b"X\x01\x00\x00\x000" + K(0) + K(4) + b"\x87"))
+        z.writestr("archive/data/0", np.arange(4, dtype="<f4").tobytes())
+    np.testing.assert_array_equal(read_state_dict(tmp_path / "ok.pth")["w"], [0.0, 3.0])
+
+
+def test_a_legacy_tensor_with_a_malformed_state_is_named(tmp_path):
+    """An empty torch.FloatTensor given the state (1, 2, 3): not (storage, offset, size, stride), and said so."""
+    zip_with_pickle(tmp_path / "state.pth", b"\x80\x02}X\x01\x00\x00\x00wctorch\nFloatTensor\n)\x81K\x01K\x02K\x03\x87bs.")
+    with pytest.raises(ValueError, match=r"state\.pth.*legacy tensor's state is \(1, 2, 3\), not \(storage, offset, "
+                                         r"size, stride\)"):
+        read_state_dict(tmp_path / "state.pth")
+
+
+def test_wrapper_prefixes_are_stripped_only_when_every_key_has_them_and_all_of_them(tmp_path):
+    """torch.compile of a DataParallel model saves "_orig_mod.module.features.0.weight": both prefixes go. A state
+    dict where only some keys have "module." is not a wrapper's: those keys are named as they are, the others kept."""
+    model = saved_vgg16(tmp_path / "plain.pth")
+    torch.save({"_orig_mod.module." + k: v for k, v in model.state_dict().items()}, tmp_path / "both.pth")
+    assert convert([str(tmp_path / "both.pth"), str(tmp_path / "both.npz")]) == 0
+    check_against_torch(model, tmp_path / "both.npz")
+    mixed = {("module." + k if k.startswith("classifier") else k): v for k, v in model.state_dict().items()}
+    torch.save(mixed, tmp_path / "mixed.pth")
+    with pytest.raises(ValueError, match=r"mixed\.pth.*not torchvision VGG16's: \['module\.classifier\.0\.weight'"):
+        read_vgg16(tmp_path / "mixed.pth")
+
+
+def test_one_storage_declared_as_two_dtypes_is_refused(tmp_path):
+    """Tensors 'a' and 'b' both over storage '0', once as FloatStorage, once as IntStorage: the same bytes cannot
+    be both; refused, not read as whichever came first."""
+    def tensor(name, stype):
+        return (b"X\x01\x00\x00\x00" + name + b"ctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storagectorch\n"
+                + stype + b"\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x04tQK\x00K\x04\x85K\x01\x85\x89}tR")
+    for second in (b"IntStorage", b"FloatStorage"):
+        zip_with_pickle(tmp_path / "twice.pth", b"\x80\x02}(" + tensor(b"a", b"FloatStorage") + tensor(b"b", second) + b"u.")
+        with zipfile.ZipFile(tmp_path / "twice.pth", "a") as z:
+            z.writestr("archive/data/0", np.arange(4, dtype="<f4").tobytes())
+        if second == b"IntStorage":
+            with pytest.raises(ValueError, match=r"twice\.pth.*storage 0 is declared twice, differently"):
+                read_state_dict(tmp_path / "twice.pth")
+        else:                                                                  # the same storage twice: shared
+            out = read_state_dict(tmp_path / "twice.pth")
+            assert out["a"].tolist() == out["b"].tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_a_pickle_that_is_not_torchs_legacy_layout_is_named(tmp_path):
+    """A pickle of something else is called that (wrong magic number); torch's magic number followed by another
+    protocol version than 1001 is an unknown legacy version, with the command that re-saves it."""
+    (tmp_path / "plain.pth").write_bytes(pickle.dumps({"w": [1.0, 2.0]}, protocol=2))
+    with pytest.raises(ValueError, match=r"plain\.pth.*a pickle, but not a torch\.save file \(wrong magic number\)"):
+        read_state_dict(tmp_path / "plain.pth")
+    (tmp_path / "v1002.pth").write_bytes(pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2) + pickle.dumps(1002, protocol=2))
+    with pytest.raises(ValueError, match=r"v1002\.pth.*legacy torch format of an unknown version.*torch\.save\("):
+        read_state_dict(tmp_path / "v1002.pth")
