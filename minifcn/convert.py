@@ -13,18 +13,14 @@ An existing DST is replaced only if convert wrote it (--overwrite: whatever it i
 Nothing in SRC is ever run: see minifcn/weights/.
 """
 import argparse
-import json
 import os
 import shlex
 import sys
 import time
-import zipfile
-
-import numpy as np
 
 from . import cli
 from .models.fcn import body_of
-from .weights import FORMATS, META_KEY, read_weights, save_npz
+from .weights import FORMATS, read_meta, read_weights, save_npz
 
 
 def main(argv=None):
@@ -75,12 +71,8 @@ def _next_command(dst, params, meta):
 def _meta(path):
     """The metadata of the minifcn .npz at `path` ({} without any), None if it is no .npz; reads that entry only."""
     try:
-        with zipfile.ZipFile(path) as z:                      # an .npz is a zip of .npy arrays
-            if not z.namelist() or not all(n.endswith(".npy") for n in z.namelist()):
-                return None
-        with np.load(path, allow_pickle=False) as f:          # an NpzFile reads a member when it is asked for
-            meta = json.loads(str(f[META_KEY])) if META_KEY in f.files else {}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile):
+        meta = read_meta(path)
+    except (ValueError, OSError):
         return None
     return meta if isinstance(meta, dict) else {}
 

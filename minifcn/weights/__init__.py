@@ -3,6 +3,7 @@
     params, meta = read_vgg16("vgg16-397923af.pth")      # format told by the file's first bytes
     save_npz("vgg16.npz", params, meta)                  # atomic: a temporary file, then a rename
     params, meta = load_npz("vgg16.npz")
+    meta = read_meta("vgg16.npz")                        # the metadata alone, the arrays left on disk
 
 Each reader is a file of its own, needs neither the framework that wrote the file nor its code, and
 never runs anything from the file: torchvision.py (a restricted unpickler), caffe.py (a hand-written
@@ -29,7 +30,7 @@ FORMATS = ("torchvision", "caffe", "keras")
 META_KEY = "__meta__"          # what minifcn.models reads; load_npz also accepts "meta"
 
 __all__ = ["FORMATS", "META_KEY", "LAYERS", "PREPROCESSING", "convolutionalize", "detect_format", "imagenet_forward",
-           "load_npz", "read_vgg16", "read_weights", "save_npz"]
+           "load_npz", "read_meta", "read_vgg16", "read_weights", "save_npz"]
 
 
 def detect_format(path):
@@ -155,6 +156,19 @@ def load_npz(path):
     raw = params.pop(META_KEY, None)
     raw = params.pop("meta", None) if raw is None else raw
     return params, ({} if raw is None else json.loads(str(raw)))
+
+
+def read_meta(path):
+    """The metadata of the minifcn .npz at `path` ({} when it has none), reading that entry only (the arrays of a
+    500 MB file stay on disk). Anything that is no .npz: load_npz's errors."""
+    path = os.fspath(path)
+    _check_npz(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:          # an NpzFile reads a member when it is asked for
+            key = next((k for k in (META_KEY, "meta") if k in f.files), None)
+            return {} if key is None else json.loads(str(f[key]))
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{_corrupt(path)} ({e})") from e
 
 
 def _corrupt(path):
