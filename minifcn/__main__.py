@@ -12,7 +12,6 @@ JOBS = [("train", "train an FCN (the bare command: FCN-8s on the built-in shapes
         ("grade", "instructors: grade a student package")]
 
 
-
 def main():
     print(__doc__.strip() + "\n")
     here = Path(__file__).resolve().parent

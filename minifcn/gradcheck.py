@@ -9,7 +9,8 @@ upstream gradient dout (never all ones: that hides transposed indices) and compa
 in float64. gradcheck_module(layer_or_net, x) does the same for a layer's or a whole net's forward and
 backward (a layer of your own, an FCN head of your own). The relative error of an entry is
 |a - n| / max(|a|, |n|, atol): entries smaller than atol are judged on the absolute scale atol, so a
-true zero with rounding noise does not count as a 100% error. The result keeps the whole error map of every input, so a lesson can draw it.
+true zero with rounding noise does not count as a 100% error. The result keeps the whole error map of
+every input, so a lesson can draw it.
 """
 from dataclasses import dataclass, field
 
